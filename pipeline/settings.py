@@ -1,0 +1,316 @@
+"""Settings: one YAML file plus ``PIPELINE_*`` environment overrides.
+
+Every role (Faust worker, prediction worker, dashboard, simulator, CLI) reads
+the same ``Settings`` object, so a value means the same thing everywhere. Bad
+values stop start-up with one message that names every offending setting by
+both its YAML key and its environment variable, because a typo found at
+start-up costs seconds and one found at 3 a.m. costs a night.
+
+Resolution order (later wins): built-in defaults, the YAML file named by
+``PIPELINE_CONFIG`` (or passed explicitly), then ``PIPELINE_<KEY>`` variables.
+Secrets are masked whenever settings are printed or logged.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+ENV_PREFIX = "PIPELINE_"
+CONFIG_ENV = "PIPELINE_CONFIG"
+# Variables with the prefix that are read elsewhere, not settings.
+NON_SETTING_ENV = {CONFIG_ENV, "PIPELINE_CACHE_DIR"}
+MASK = "********"
+
+
+class SettingsError(ValueError):
+    """Raised when settings are missing, malformed or out of range."""
+
+
+def _positive_float(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a port number, got {value!r}")
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError(f"expected a port number between 1 and 65535, got {value!r}")
+    return port
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or float(value) != int(float(value)):
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    number = int(float(value))
+    if number <= 0:
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    return number
+
+
+def _history_days(value: Any) -> int:
+    """Sensibo serves at most 7 days of history per request."""
+    days = _positive_int(value)
+    if days > 7:
+        raise ValueError(f"expected 1 to 7 days (the device API's limit), got {value!r}")
+    return days
+
+
+def _epoch_seconds(value: Any) -> float:
+    """Accept epoch seconds or an ISO-8601 timestamp (UTC if no zone given)."""
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+        try:
+            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"expected epoch seconds or an ISO-8601 time, got {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _url(*schemes: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip()
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not parts.netloc:
+            allowed = " or ".join(f"{s}://" for s in schemes)
+            raise ValueError(f"expected a URL starting with {allowed}, got {text!r}")
+        return text.rstrip("/")
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _models(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError("expected a mapping of model name to dotted path")
+    models = {}
+    for name, path in value.items():
+        if not isinstance(path, str) or "." not in path:
+            raise ValueError(f"model {name!r}: expected a dotted path, got {path!r}")
+        models[str(name)] = path
+    return models
+
+
+def _setting(default: Any, parse: Callable[[Any], Any], help: str, secret: bool = False) -> Any:
+    return dataclasses.field(
+        default_factory=lambda: copy.deepcopy(default),
+        metadata={"parse": parse, "help": help, "secret": secret},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the pipeline can be told; see the README's settings table."""
+
+    broker: str = _setting(
+        "kafka://127.0.0.1:9092", _url("kafka"), "Kafka bootstrap server, kafka://host:port"
+    )
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6379/0", _url("redis", "rediss"), "Redis for readings, jobs, forecasts"
+    )
+    source_url: str = _setting(
+        "https://home.sensibo.com/api/v2", _url("http", "https"), "Device API base URL (Sensibo v2)"
+    )
+    source_api_key: str = _setting(
+        "", _text, "Device API key (apiKey query parameter)", secret=True
+    )
+    poll_seconds: float = _setting(60.0, _positive_float, "Seconds between polls of the device API")
+    backfill_days: int = _setting(
+        1, _history_days, "Days of history fetched for a new device (1-7)"
+    )
+    job_window_seconds: float = _setting(
+        3600.0, _positive_float, "Event-time span that closes a prediction window"
+    )
+    start_time: float = _setting(
+        0.0, _epoch_seconds, "No jobs for windows starting before this (epoch s or ISO-8601)"
+    )
+    models: dict = _setting(
+        {"prophet": "pipeline.prediction.jobs.prophet_forecast"},
+        _models,
+        "Model name -> dotted path of the job function the workers run",
+    )
+    default_model: str = _setting("prophet", _text, "Model used for a device with no override")
+    queue_name: str = _setting("forecasts", _text, "RQ queue the prediction jobs go to")
+    job_timeout_seconds: float = _setting(300.0, _positive_float, "Longest a single fit may run")
+    training_seconds: float = _setting(
+        2 * 86400.0, _positive_float, "Event-time span of readings a model is fitted on"
+    )
+    horizon_seconds: float = _setting(6 * 3600.0, _positive_float, "How far ahead a forecast goes")
+    forecast_step_seconds: float = _setting(600.0, _positive_float, "Spacing of forecast points")
+    app_id: str = _setting("sensor-forecasts", _text, "Faust app id (consumer group, table names)")
+    topic_prefix: str = _setting("", _text, "Prefix for every topic name (isolates deployments)")
+    topic_partitions: int = _setting(4, _positive_int, "Partitions of the pipeline's topics")
+    processing_guarantee: str = _setting(
+        "exactly_once",
+        _choice("exactly_once", "at_least_once"),
+        "Faust processing guarantee for the stream agents",
+    )
+    web_port: int = _setting(6066, _port, "Faust web view port")
+    dashboard_port: int = _setting(5006, _port, "Bokeh dashboard port")
+    dashboard_refresh_seconds: float = _setting(
+        2.0, _positive_float, "Seconds between dashboard updates"
+    )
+    data_dir: str = _setting(".local", _text, "Folder for local service data, table state, logs")
+
+    def topic(self, name: str) -> str:
+        """Return the full name of a pipeline topic, with the deployment prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    def model_path(self, model: str) -> str:
+        """Return the dotted path of a registered model's job function."""
+        try:
+            return self.models[model]
+        except KeyError:
+            known = ", ".join(sorted(self.models))
+            raise SettingsError(f"unknown model {model!r}; registered: {known}") from None
+
+    def require(self, *names: str) -> None:
+        """Fail with a clear message if a setting a role depends on is empty."""
+        missing = [n for n in names if not getattr(self, n)]
+        if missing:
+            raise SettingsError(
+                "missing required setting(s): "
+                + ", ".join(f"{n} (env {ENV_PREFIX}{n.upper()})" for n in missing)
+            )
+
+    def as_dict(self, *, masked: bool = True) -> dict[str, Any]:
+        """Return all settings; secrets are masked unless asked otherwise."""
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if masked and field.metadata["secret"] and value:
+                value = MASK
+            out[field.name] = value
+        return out
+
+    def __repr__(self) -> str:
+        pairs = ", ".join(f"{k}={v!r}" for k, v in self.as_dict(masked=True).items())
+        return f"Settings({pairs})"
+
+    __str__ = __repr__
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """Return (yaml key, env var, default, help) for every setting."""
+    rows = []
+    defaults = Settings()
+    for field in dataclasses.fields(Settings):
+        default = getattr(defaults, field.name)
+        shown = "(secret)" if field.metadata["secret"] else repr(default)
+        rows.append((field.name, ENV_PREFIX + field.name.upper(), shown, field.metadata["help"]))
+    return rows
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"settings file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path} must hold a mapping of setting: value")
+    return data
+
+
+def _env_value(field: dataclasses.Field, raw: str) -> Any:
+    """Environment values are strings; structured ones are given as YAML."""
+    if field.name == "models":
+        return yaml.safe_load(raw)
+    return raw
+
+
+def load_settings(
+    path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build validated settings from defaults, a YAML file and the environment.
+
+    Raises ``SettingsError`` naming every bad or unknown setting at once.
+    """
+    environ = os.environ if environ is None else environ
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    problems: list[str] = []
+    raw: dict[str, tuple[Any, str]] = {}
+
+    config_path = path or environ.get(CONFIG_ENV)
+    if config_path:
+        for key, value in _read_yaml(Path(config_path)).items():
+            if key not in fields:
+                hint = difflib.get_close_matches(str(key), fields, n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                problems.append(f"unknown setting {key!r} in {config_path}{suggestion}")
+                continue
+            raw[key] = (value, f"{key!r} in {config_path}")
+
+    known_env = {ENV_PREFIX + name.upper(): name for name in fields}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX) or var in NON_SETTING_ENV:
+            continue
+        name = known_env.get(var)
+        if name is None:
+            hint = difflib.get_close_matches(var, known_env, n=1)
+            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+            problems.append(f"unknown environment variable {var}{suggestion}")
+            continue
+        raw[name] = (_env_value(fields[name], value), f"environment variable {var}")
+
+    values: dict[str, Any] = {}
+    for name, (value, origin) in raw.items():
+        field = fields[name]
+        try:
+            values[name] = field.metadata["parse"](value)
+        except (TypeError, ValueError) as exc:
+            shown = MASK if field.metadata["secret"] else None
+            reason = "invalid value" if shown else str(exc)
+            problems.append(f"{name} ({origin}): {reason}")
+
+    if "default_model" in values or "models" in values:
+        models = values.get("models", Settings().models)
+        default_model = values.get("default_model", Settings().default_model)
+        if default_model not in models:
+            problems.append(
+                f"default_model: {default_model!r} is not one of the models "
+                f"({', '.join(sorted(models))})"
+            )
+
+    if problems:
+        raise SettingsError("invalid settings:\n  - " + "\n  - ".join(problems))
+    return Settings(**values)
