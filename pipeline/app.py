@@ -1,0 +1,46 @@
+"""The Faust application: ``faust -A pipeline.app worker -l info``.
+
+Importing this module builds the app from validated settings and registers
+every agent, table, timer and web view, so that the ``faust`` command, the
+tests and the ``pipeline`` command all see the same application. Invalid
+settings stop the import with a message that names them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import faust
+
+from pipeline.settings import Settings, SettingsError, load_settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the Faust app for these settings (topics and tables attach to it)."""
+    datadir = Path(settings.data_dir) / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.app_id,
+        broker=settings.broker,
+        store="memory://",
+        processing_guarantee=settings.processing_guarantee,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        web_port=settings.web_port,
+        datadir=str(datadir),
+        key_serializer="raw",
+        value_serializer="json",
+    )
+
+
+try:
+    settings = load_settings()
+except SettingsError as exc:
+    sys.exit(f"pipeline: {exc}")
+
+app = create_app(settings)
+
+# Registration by import: topics, tables, agents and views attach to `app`.
+from agents import connector, ingest, job_manager  # noqa: E402, F401
+from pipeline import views  # noqa: E402, F401
