@@ -1,0 +1,87 @@
+"""The ``pipeline dashboard`` command: serve the dashboard app with Bokeh's server.
+
+Runs the same directory app as ``bokeh serve dashboard/`` (so ``main.py``,
+``theme.yaml`` and ``templates/`` apply alike), but with the pipeline's settings
+for the port and with safe defaults: bound to loopback, and websocket origins
+limited to the local host names unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from bokeh.application import Application
+from bokeh.application.handlers import DirectoryHandler
+from bokeh.server.server import Server
+
+from pipeline.settings import CONFIG_ENV, load_settings
+
+APP_DIR = Path(__file__).resolve().parent
+APP_PATH = "/dashboard"  # the path `bokeh serve dashboard/` uses too
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``dashboard`` subcommand to the ``pipeline`` CLI."""
+    parser = subparsers.add_parser(
+        "dashboard",
+        help="serve the live dashboard of readings and forecasts",
+        description=(
+            "Serve the Bokeh dashboard: each device's readings as they arrive and its latest "
+            "forecast, read from Redis (setting redis_url)."
+        ),
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to listen on (default: the dashboard_port setting, 5006 unless changed)",
+    )
+    parser.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1; 0.0.0.0 serves other machines too)",
+    )
+    parser.add_argument(
+        "--allow-websocket-origin",
+        action="append",
+        default=None,
+        metavar="HOST[:PORT]",
+        help=(
+            "host the page may be opened from, as the browser sees it; repeatable "
+            "(default: localhost:PORT and 127.0.0.1:PORT)"
+        ),
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the dashboard until interrupted."""
+    settings = load_settings(args.config)
+    if args.config:
+        # Each session's main.py loads settings itself; hand it the same file.
+        os.environ[CONFIG_ENV] = str(args.config)
+    port = args.port or settings.dashboard_port
+    origins = args.allow_websocket_origin or [f"localhost:{port}", f"127.0.0.1:{port}"]
+    try:
+        server = Server(
+            {APP_PATH: Application(DirectoryHandler(filename=str(APP_DIR)))},
+            port=port,
+            address=args.address,
+            allow_websocket_origin=origins,
+        )
+    except OSError as exc:
+        print(f"dashboard: cannot listen on {args.address}:{port}: {exc}", file=sys.stderr)
+        return 1
+    server.start()
+    shown_host = "localhost" if args.address in ("0.0.0.0", "::") else args.address
+    print(f"Dashboard at http://{shown_host}:{port}{APP_PATH}", flush=True)
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:
+        print("dashboard: stopping", file=sys.stderr)
+    finally:
+        server.stop()
+    return 0
