@@ -29,6 +29,10 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=1,
         web_port=settings.web_port,
         datadir=str(datadir),
+        # Topics that Faust creates at start-up can still be missing from the broker's
+        # metadata when the group first assigns partitions; a short metadata age makes
+        # the consumer notice them and rebalance within seconds rather than minutes.
+        consumer_metadata_max_age_ms=5000,
         key_serializer="raw",
         value_serializer="json",
     )
