@@ -23,11 +23,17 @@ def create_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=settings.broker,
-        store="memory://",
+        store=f"{settings.table_store}://",
+        table_standby_replicas=settings.standby_replicas,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 4),
+        broker_rebalance_timeout=max(settings.session_timeout_seconds, 10.0),
+        consumer_group_instance_id=settings.group_instance_id or None,
         processing_guarantee=settings.processing_guarantee,
         topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         web_port=settings.web_port,
+        canonical_url=f"http://{settings.web_host}:{settings.web_port}",
         datadir=str(datadir),
         # Topics that Faust creates at start-up can still be missing from the broker's
         # metadata when the group first assigns partitions; a short metadata age makes
@@ -46,5 +52,5 @@ except SettingsError as exc:
 app = create_app(settings)
 
 # Registration by import: topics, tables, agents and views attach to `app`.
-from agents import connector, ingest, job_manager  # noqa: E402, F401
+from agents import accuracy, connector, ingest, job_manager, replay  # noqa: E402, F401
 from pipeline import views  # noqa: E402, F401

@@ -35,3 +35,11 @@ class RejectedReading(faust.Record, include_metadata=False, serializer="json"):
 
     reason: str
     payload: str  # the raw message as received, for replay after a fix
+
+
+class ReplayRequest(faust.Record, include_metadata=False, serializer="json"):
+    """Reset a device's job pointer and re-deploy its jobs; topic ``replay-requests``."""
+
+    device_id: str
+    from_time: float  # epoch seconds: windows are recomputed from the first reading at or after
+    force: bool = False  # also re-run jobs that were already enqueued once

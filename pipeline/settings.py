@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import math
 import os
+import socket
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +63,19 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or float(value) != int(float(value)) or int(float(value)) < 0:
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+    return int(float(value))
+
+
+def _non_negative_float(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"expected a number >= 0, got {value!r}")
+    return number
+
+
 def _history_days(value: Any) -> int:
     """Sensibo serves at most 7 days of history per request."""
     days = _positive_int(value)
@@ -70,7 +84,7 @@ def _history_days(value: Any) -> int:
     return days
 
 
-def _epoch_seconds(value: Any) -> float:
+def parse_time(value: Any) -> float:
     """Accept epoch seconds or an ISO-8601 timestamp (UTC if no zone given)."""
     if isinstance(value, datetime):
         moment = value
@@ -114,6 +128,16 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _origins(value: Any) -> list[str]:
+    """Websocket origins as the browser sends them: host or host:port, a list or comma-separated."""
+    items = value if isinstance(value, list | tuple) else str(value or "").split(",")
+    origins = [str(item).strip() for item in items if str(item).strip()]
+    for origin in origins:
+        if "/" in origin or " " in origin:
+            raise ValueError(f"expected host or host:port (no scheme or path), got {origin!r}")
+    return origins
+
+
 def _models(value: Any) -> dict[str, str]:
     if not isinstance(value, Mapping) or not value:
         raise ValueError("expected a mapping of model name to dotted path")
@@ -123,6 +147,32 @@ def _models(value: Any) -> dict[str, str]:
             raise ValueError(f"model {name!r}: expected a dotted path, got {path!r}")
         models[str(name)] = path
     return models
+
+
+def _mapping_of(parse_value: Callable[[Any], Any], what: str) -> Callable[[Any], dict]:
+    """A mapping of names (device ids, model names) to values of one kind."""
+
+    def parse(value: Any) -> dict:
+        if value in (None, ""):
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected a mapping of name to {what}, got {value!r}")
+        parsed = {}
+        for name, item in value.items():
+            try:
+                parsed[str(name)] = parse_value(item)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name!r}: {exc}") from None
+        return parsed
+
+    return parse
+
+
+def _name(value: Any) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("expected a name")
+    return text
 
 
 def _setting(default: Any, parse: Callable[[Any], Any], help: str, secret: bool = False) -> Any:
@@ -152,37 +202,127 @@ class Settings:
     backfill_days: int = _setting(
         1, _history_days, "Days of history fetched for a new device (1-7)"
     )
+    poll_concurrency: int = _setting(
+        16, _positive_int, "Device API requests in flight at once (connector)"
+    )
+    source_rate_limit_per_second: float = _setting(
+        20.0, _positive_float, "Client-side cap on device API requests per second"
+    )
+    source_timeout_seconds: float = _setting(
+        10.0, _positive_float, "Longest wait for one device API answer"
+    )
+    source_attempts: int = _setting(
+        4, _positive_int, "Tries per device API request before the device waits a poll"
+    )
+    source_backoff_seconds: float = _setting(
+        0.5, _positive_float, "First retry delay (doubles per try, jittered, capped at a poll)"
+    )
+    future_tolerance_seconds: float = _setting(
+        300.0, _positive_float, "How far past the device API's clock a reading may lie"
+    )
+    dedup_horizon_seconds: float = _setting(
+        3600.0, _positive_float, "How late a reading may arrive and still be deduplicated exactly"
+    )
     job_window_seconds: float = _setting(
         3600.0, _positive_float, "Event-time span that closes a prediction window"
     )
     start_time: float = _setting(
-        0.0, _epoch_seconds, "No jobs for windows starting before this (epoch s or ISO-8601)"
+        0.0, parse_time, "No jobs for windows starting before this (epoch s or ISO-8601)"
     )
     models: dict = _setting(
-        {"prophet": "pipeline.prediction.jobs.prophet_forecast"},
+        {
+            "prophet": "pipeline.prediction.jobs.prophet_forecast",
+            "seasonal_naive": "pipeline.prediction.jobs.seasonal_naive_forecast",
+        },
         _models,
         "Model name -> dotted path of the job function the workers run",
     )
     default_model: str = _setting("prophet", _text, "Model used for a device with no override")
+    device_models: dict = _setting(
+        {}, _mapping_of(_name, "model name"), "Device id -> model, overriding default_model"
+    )
+    device_windows: dict = _setting(
+        {},
+        _mapping_of(_positive_float, "window in seconds"),
+        "Device id -> job window in seconds, overriding job_window_seconds",
+    )
     queue_name: str = _setting("forecasts", _text, "RQ queue the prediction jobs go to")
+    model_queues: dict = _setting(
+        {}, _mapping_of(_name, "queue name"), "Model name -> RQ queue, overriding queue_name"
+    )
+    silent_after_seconds: float = _setting(
+        300.0, _positive_float, "Wall-clock seconds without a new reading before a device is silent"
+    )
     job_timeout_seconds: float = _setting(300.0, _positive_float, "Longest a single fit may run")
     training_seconds: float = _setting(
         2 * 86400.0, _positive_float, "Event-time span of readings a model is fitted on"
     )
     horizon_seconds: float = _setting(6 * 3600.0, _positive_float, "How far ahead a forecast goes")
     forecast_step_seconds: float = _setting(600.0, _positive_float, "Spacing of forecast points")
+    seasonal_period_seconds: float = _setting(
+        86400.0, _positive_float, "Season of the seasonal-naive model (a day)"
+    )
+    job_retries: int = _setting(
+        3, _non_negative_int, "Re-runs of a job that failed transiently or lost its worker"
+    )
+    job_retry_seconds: float = _setting(
+        10.0, _positive_float, "Wait before a job's first re-run; doubles with each further one"
+    )
+    worker_heartbeat_seconds: int = _setting(
+        30, _positive_int, "Worker heartbeat; a job is re-run after two are missed (worker lost)"
+    )
+    anomaly_margin: float = _setting(
+        1.0, _non_negative_float, "A reading this far (Celsius) outside the interval is an anomaly"
+    )
     app_id: str = _setting("sensor-forecasts", _text, "Faust app id (consumer group, table names)")
     topic_prefix: str = _setting("", _text, "Prefix for every topic name (isolates deployments)")
     topic_partitions: int = _setting(4, _positive_int, "Partitions of the pipeline's topics")
+    replication_factor: int = _setting(
+        1, _positive_int, "Replicas of each topic the workers create (3 on a production cluster)"
+    )
     processing_guarantee: str = _setting(
         "exactly_once",
         _choice("exactly_once", "at_least_once"),
         "Faust processing guarantee for the stream agents",
     )
+    table_store: str = _setting(
+        "memory",
+        _choice("memory", "rocksdb"),
+        "Table state: memory (rebuilt from the committed changelog) or rocksdb (on disk)",
+    )
+    standby_replicas: int = _setting(
+        1, _non_negative_int, "Standby copies of each table partition kept by other workers"
+    )
+    session_timeout_seconds: float = _setting(
+        60.0,
+        _positive_float,
+        "How long a silent worker keeps its partitions before others take them over",
+    )
+    group_instance_id: str = _setting(
+        "",
+        _text,
+        "Static group membership id (e.g. the pod name): a restart keeps its partitions",
+    )
     web_port: int = _setting(6066, _port, "Faust web view port")
+    web_host: str = _setting(
+        socket.gethostname(),
+        _name,
+        "Host name other workers use to reach this worker's web view (routing)",
+    )
     dashboard_port: int = _setting(5006, _port, "Bokeh dashboard port")
     dashboard_refresh_seconds: float = _setting(
         2.0, _positive_float, "Seconds between dashboard updates"
+    )
+    dashboard_origins: list = _setting(
+        [],
+        _origins,
+        "Hosts the dashboard page may be opened from (websocket origins); empty: "
+        "localhost and 127.0.0.1 on dashboard_port",
+    )
+    faust_web_url: str = _setting(
+        "http://127.0.0.1:6066",
+        _url("http", "https"),
+        "Faust web view the dashboard reads device pointers from (match web_port)",
     )
     data_dir: str = _setting(".local", _text, "Folder for local service data, table state, logs")
 
@@ -197,6 +337,22 @@ class Settings:
         except KeyError:
             known = ", ".join(sorted(self.models))
             raise SettingsError(f"unknown model {model!r}; registered: {known}") from None
+
+    def model_for(self, device_id: str) -> str:
+        """The model that serves a device: its override, else the default."""
+        return self.device_models.get(device_id, self.default_model)
+
+    def window_for(self, device_id: str) -> float:
+        """The job window of a device: its override, else the global one."""
+        return self.device_windows.get(device_id, self.job_window_seconds)
+
+    def queue_for(self, model: str) -> str:
+        """The RQ queue a model's jobs go to."""
+        return self.model_queues.get(model, self.queue_name)
+
+    def queues(self) -> list[str]:
+        """Every queue some model's jobs can go to (what workers listen on)."""
+        return sorted({self.queue_name, *self.model_queues.values()})
 
     def require(self, *names: str) -> None:
         """Fail with a clear message if a setting a role depends on is empty."""
@@ -253,7 +409,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _env_value(field: dataclasses.Field, raw: str) -> Any:
     """Environment values are strings; structured ones are given as YAML."""
-    if field.name == "models":
+    if isinstance(field.default_factory(), dict):
         return yaml.safe_load(raw)
     return raw
 
@@ -302,14 +458,18 @@ def load_settings(
             reason = "invalid value" if shown else str(exc)
             problems.append(f"{name} ({origin}): {reason}")
 
-    if "default_model" in values or "models" in values:
-        models = values.get("models", Settings().models)
-        default_model = values.get("default_model", Settings().default_model)
-        if default_model not in models:
-            problems.append(
-                f"default_model: {default_model!r} is not one of the models "
-                f"({', '.join(sorted(models))})"
-            )
+    defaults = Settings()
+    models = values.get("models", defaults.models)
+    known = ", ".join(sorted(models))
+    default_model = values.get("default_model", defaults.default_model)
+    if default_model not in models:
+        problems.append(f"default_model: {default_model!r} is not one of the models ({known})")
+    for device, model in values.get("device_models", {}).items():
+        if model not in models:
+            problems.append(f"device_models: {device!r} uses unknown model {model!r} ({known})")
+    for model in values.get("model_queues", {}):
+        if model not in models:
+            problems.append(f"model_queues: unknown model {model!r} ({known})")
 
     if problems:
         raise SettingsError("invalid settings:\n  - " + "\n  - ".join(problems))

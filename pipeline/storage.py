@@ -12,6 +12,14 @@ Keys (``{d}`` is a device id, ``{p}`` the optional key prefix):
   {p}readings:{d}            ZSET  score = event time, member = reading JSON
   {p}forecasts:{d}           HASH  job id -> forecast JSON (every forecast)
   {p}forecast:{d}:latest     STRING forecast JSON with the newest trained-until
+  {p}jobs:{d}                SET   of job ids ever enqueued (the enqueue's idempotency record)
+  {p}jobs-audited:{d}        SET   of job ids whose audit copy reached the jobs topic
+  {p}model:{d}:{m}           HASH  fitted model m of device d (model JSON, version, revision)
+  {p}forecast-index:{d}:{m}  ZSET  score = trained-until, member = job id (recent forecasts of m)
+  {p}accuracy:{d}            HASH  model name -> JSON online error statistics of its forecasts
+  {p}accuracy-scored:{d}     ZSET  score = member = event time of a reading already scored
+  {p}anomalies:{d}           ZSET  score = event time, member = anomaly JSON (the newest ones)
+  {p}anomaly-counts          HASH  device id -> anomalies counted ever
 """
 
 from __future__ import annotations
@@ -59,6 +67,31 @@ class Keys:
 
     def latest_forecast(self, device_id: str) -> str:
         return f"{self.prefix}forecast:{device_id}:latest"
+
+    def jobs(self, device_id: str) -> str:
+        return f"{self.prefix}jobs:{device_id}"
+
+    def jobs_audited(self, device_id: str) -> str:
+        return f"{self.prefix}jobs-audited:{device_id}"
+
+    def fitted_model(self, device_id: str, model: str) -> str:
+        return f"{self.prefix}model:{device_id}:{model}"
+
+    def forecast_index(self, device_id: str, model: str) -> str:
+        return f"{self.prefix}forecast-index:{device_id}:{model}"
+
+    def accuracy(self, device_id: str) -> str:
+        return f"{self.prefix}accuracy:{device_id}"
+
+    def scored_readings(self, device_id: str) -> str:
+        return f"{self.prefix}accuracy-scored:{device_id}"
+
+    def anomalies(self, device_id: str) -> str:
+        return f"{self.prefix}anomalies:{device_id}"
+
+    @property
+    def anomaly_counts(self) -> str:
+        return f"{self.prefix}anomaly-counts"
 
 
 def encode_reading(time: float, temperature: float, humidity: float) -> str:
@@ -161,6 +194,10 @@ class AsyncStore:
             results = await pipe.execute()
         return bool(results[1])
 
+    async def has_reading_at(self, device_id: str, time: float) -> bool:
+        """Whether a reading of the device at exactly this event time is stored."""
+        return bool(await self.client.zcount(self.keys.readings(device_id), time, time))
+
     async def newest_time(self, device_id: str) -> float | None:
         """Event time of the newest stored reading of a device, if any."""
         newest = await self.client.zrange(self.keys.readings(device_id), -1, -1, withscores=True)
@@ -169,3 +206,20 @@ class AsyncStore:
     async def latest_forecast(self, device_id: str) -> dict[str, Any] | None:
         raw = await self.client.get(self.keys.latest_forecast(device_id))
         return json.loads(raw) if raw else None
+
+    async def newest_times(self, device_ids: list[str]) -> dict[str, float | None]:
+        """Newest stored event time per device, in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for device_id in device_ids:
+                pipe.zrange(self.keys.readings(device_id), -1, -1, withscores=True)
+            results = await pipe.execute()
+        pairs = zip(device_ids, results, strict=True)
+        return {d: (float(r[0][1]) if r else None) for d, r in pairs}
+
+    async def latest_forecasts(self, device_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Latest forecast per device, in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for device_id in device_ids:
+                pipe.get(self.keys.latest_forecast(device_id))
+            results = await pipe.execute()
+        return {d: (json.loads(r) if r else None) for d, r in zip(device_ids, results, strict=True)}

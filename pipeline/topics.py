@@ -7,8 +7,9 @@ after ingest carries validated JSON records (see ``pipeline.records``).
 
 from __future__ import annotations
 
+from pipeline.accuracy import Anomaly
 from pipeline.app import app, settings
-from pipeline.records import PredictionJob, Reading, RejectedReading
+from pipeline.records import PredictionJob, Reading, RejectedReading, ReplayRequest
 
 raw_readings_topic = app.topic(
     settings.topic("readings-raw"),
@@ -42,10 +43,26 @@ deadletter_topic = app.topic(
     internal=True,
 )
 
+replay_topic = app.topic(
+    settings.topic("replay-requests"),
+    key_type=str,
+    value_type=ReplayRequest,
+    partitions=settings.topic_partitions,
+    internal=True,
+)
+
+anomalies_topic = app.topic(
+    settings.topic("anomalies"),
+    key_type=str,
+    value_type=Anomaly,
+    partitions=settings.topic_partitions,
+    internal=True,
+)
+
 
 @app.task
 async def declare_output_topics() -> None:
     """Create the topics only written to, with the configured partitions, at start-up
     (the broker's auto-creation would give them its default partition count)."""
-    for topic in (jobs_topic, deadletter_topic):
+    for topic in (jobs_topic, deadletter_topic, anomalies_topic):
         await topic.maybe_declare()

@@ -8,6 +8,7 @@ Redis database number and topic prefix, cleaning up after themselves.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -17,6 +18,11 @@ import redis
 from pipeline.settings import Settings, load_settings
 
 TEST_REDIS_DB = 13
+
+# The Faust app imported into the test process (test_context tests) keeps its
+# tables in memory and its data in a scratch folder, away from a running stack.
+os.environ.setdefault("PIPELINE_TABLE_STORE", "memory")
+os.environ.setdefault("PIPELINE_DATA_DIR", tempfile.mkdtemp(prefix="pipeline-tests-"))
 
 
 @pytest.fixture(scope="session")

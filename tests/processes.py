@@ -39,6 +39,13 @@ class Process:
         text = self.log_path.read_text(errors="replace").splitlines()
         return f"--- {self.name} (exit {self.popen.poll()}) ---\n" + "\n".join(text[-lines:])
 
+    def kill(self) -> None:
+        """SIGKILL the process and its children: a crash, with no chance to clean up."""
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        self._log.close()
+
     def stop(self, timeout: float = 20.0) -> None:
         if self.alive():
             os.killpg(self.popen.pid, signal.SIGTERM)
@@ -47,7 +54,8 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(5)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
 
 
 def wait_for(
