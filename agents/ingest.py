@@ -1,52 +1,126 @@
 """Ingest agent: readings-raw -> readings (+ Redis), each distinct reading once.
 
-The ``last-ingested`` table holds, per device, the event time of the newest
-reading forwarded. A reading at or before it is a duplicate (overlapping
-polls) or late, and is not forwarded again; an invalid one goes to the
-dead-letter topic with its reason and raw bytes. Under ``exactly_once`` the
-forward, the table update and the input offset commit in one Kafka
-transaction; the Redis write before them is idempotent, so a redelivery after a
-crash stores nothing twice.
+Per raw message: validate (``pipeline.validation``); an invalid one goes to
+the dead-letter topic with its reason and raw payload, once per distinct
+payload. A valid one is forwarded exactly when its (device, event time) has
+not been forwarded before, which ``pipeline.dedup`` decides from the
+``ingest-seen`` table: exactly within ``dedup_horizon_seconds`` behind the
+device's newest reading, and for older ones by asking Redis, where every
+forwarded reading is stored (not there: dead-lettered as older than the
+horizon, never dropped in silence).
+
+Under ``exactly_once`` the forward, the dead letters, the table updates and the
+input offset commit in one Kafka transaction; the Redis write before them is
+idempotent (ZADD of the same member), so a redelivery after a crash stores
+nothing twice. Redis outages are waited out (``pipeline.retry``), holding the
+partition while Kafka keeps the backlog.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from pipeline.app import app, settings
-from pipeline.records import RejectedReading
+from pipeline.dedup import DedupState, Verdict, fingerprint
+from pipeline.records import Reading, RejectedReading
 from pipeline.retry import retry_until_done
+from pipeline.source.metrics import metrics
 from pipeline.storage import AsyncStore
 from pipeline.topics import deadletter_topic, raw_readings_topic, readings_topic
-from pipeline.validation import InvalidReading, parse_reading
+from pipeline.validation import InvalidReading, load_payload, parse_reading
+from tables.ingest_state import ingest_seen
 from tables.pointers import last_ingested
 
 log = logging.getLogger(__name__)
 
 store = AsyncStore.from_url(settings.redis_url)
+dedup = DedupState(
+    ingest_seen,
+    settings.dedup_horizon_seconds,
+    rejected_retention=max(2 * settings.dedup_horizon_seconds, settings.backfill_days * 86400.0),
+)
+
+
+def _text(raw: Any) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _identity(key: Any, raw: Any) -> tuple[str, float, str] | None:
+    """(device, time, payload fingerprint) of a rejected message, when it names them."""
+    try:
+        payload = load_payload(raw)
+    except InvalidReading:
+        return None
+    device_id, t = payload.get("device_id"), payload.get("time")
+    key = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    if not isinstance(device_id, str) or device_id != key:
+        return None
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+        return None
+    return device_id, float(t), fingerprint(payload)
+
+
+async def _dead_letter(key: Any, raw: Any, reason: str) -> None:
+    log.warning("rejected reading key=%s reason=%s", key, reason)
+    await deadletter_topic.send(key=key, value=RejectedReading(reason=reason, payload=_text(raw)))
+
+
+async def _reject(key: Any, raw: Any, reason: str) -> str:
+    identity = _identity(key, raw)
+    if identity is not None and dedup.rejected_before(*identity):
+        return "duplicate"
+    await _dead_letter(key, raw, reason)
+    if identity is not None:
+        dedup.record_rejected(*identity)
+    return "rejected"
+
+
+async def _accept(reading: Reading, raw: Any) -> str:
+    device_id = reading.device_id
+    verdict = dedup.check(device_id, reading.time)
+    if verdict is Verdict.DUPLICATE:
+        return "duplicate"
+    if verdict is Verdict.BEYOND_HORIZON:
+        stored = await retry_until_done(
+            lambda: store.has_reading_at(device_id, reading.time),
+            f"looking up an old reading of {device_id} in Redis",
+            log,
+        )
+        if stored:
+            return "duplicate"
+        await _dead_letter(
+            device_id,
+            raw,
+            f"older than the dedup horizon: {reading.time} is over "
+            f"{settings.dedup_horizon_seconds:.0f} s behind the device's newest reading "
+            f"{dedup.newest(device_id)} and is not stored",
+        )
+        return "rejected"
+    await retry_until_done(
+        lambda: store.add_reading(device_id, reading.asdict()),
+        f"storing reading of {device_id} in Redis",
+        log,
+    )
+    await readings_topic.send(key=device_id, value=reading)
+    if dedup.record(device_id, reading.time):
+        last_ingested[device_id] = reading.time
+    return "new"
+
+
+async def handle(key: Any, raw: Any) -> str:
+    """Process one raw message; returns the outcome: new, duplicate or rejected."""
+    try:
+        reading = parse_reading(key, raw, settings.future_tolerance_seconds)
+    except InvalidReading as exc:
+        return await _reject(key, raw, str(exc))
+    return await _accept(reading, raw)
 
 
 @app.agent(raw_readings_topic)
 async def ingest(stream) -> None:
-    """Validate raw readings; forward only new ones to `readings` and Redis."""
+    """Validate raw readings; forward each distinct valid one once to `readings` and Redis."""
     async for event in stream.events():
-        key, raw = event.key, event.value
-        try:
-            reading = parse_reading(key, raw)
-        except InvalidReading as exc:
-            log.warning("rejected reading from %s: %s", key, exc)
-            payload = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            await deadletter_topic.send(
-                key=key, value=RejectedReading(reason=str(exc), payload=payload)
-            )
-            continue
-        newest = last_ingested.get(reading.device_id)
-        if newest is not None and reading.time <= newest:
-            continue
-        await retry_until_done(
-            lambda r=reading: store.add_reading(r.device_id, r.asdict()),
-            f"storing reading of {reading.device_id} in Redis",
-            log,
-        )
-        await readings_topic.send(key=reading.device_id, value=reading)
-        last_ingested[reading.device_id] = reading.time
+        outcome = await handle(event.key, event.value)
+        metrics.ingested.labels(device=str(event.key), outcome=outcome).inc()

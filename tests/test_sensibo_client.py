@@ -177,16 +177,18 @@ def test_bad_answers_raise_clear_errors_without_the_key(
 @pytest.mark.parametrize(
     ("result", "expected"),
     [
-        ('{"humidity": []}', "'temperature' is missing"),
-        ('{"temperature": [], "humidity": {}}', "'humidity' is missing or not a list"),
-        ('{"temperature": [1], "humidity": []}', "temperature[0] is not an object"),
-        ('{"temperature": [{"time": "yesterday", "value": 1}], "humidity": []}', "ISO-8601"),
-        ('{"temperature": [{"value": 1}], "humidity": []}', "'time' is missing"),
+        ('{"humidity": []}', "result: 'temperature' is a required property"),
+        ('{"temperature": [], "humidity": {}}', "result.humidity: {} is not of type 'array'"),
+        ('{"temperature": [1], "humidity": []}', "result.temperature[0]: 1 is not of type"),
+        ('{"temperature": [{"time": "yesterday", "value": 1}], "humidity": []}',
+         "result.temperature[0].time: 'yesterday' is not a 'date-time'"),
+        ('{"temperature": [{"value": 1}], "humidity": []}',
+         "result.temperature[0]: 'time' is a required property"),
         ('{"temperature": [{"time": "2024-05-01T10:00:00Z", "value": "22.1"}], "humidity": []}',
-         "'22.1' is not a number"),
+         "result.temperature[0].value: '22.1' is not of type 'number', 'null'"),
         ('{"temperature": [], "humidity": [{"time": "2024-05-01T10:00:00Z", "value": true}]}',
-         "humidity[0]: 'value' True is not a number"),
-        ("[]", "'result' is not an object"),
+         "result.humidity[0].value: True is not of type 'number', 'null'"),
+        ("[]", "result: [] is not of type 'object'"),
     ],
 )  # fmt: skip
 def test_ill_formed_history_raises_naming_the_field(result: str, expected: str) -> None:
@@ -198,7 +200,10 @@ def test_ill_formed_history_raises_naming_the_field(result: str, expected: str) 
 
 @pytest.mark.parametrize(
     ("result", "expected"),
-    [('{"id": "x"}', "'result' is not a list"), ('[{"id": "a"}, {"room": {}}]', "result[1]")],
+    [
+        ('{"id": "x"}', "result: {'id': 'x'} is not of type 'array'"),
+        ('[{"id": "a"}, {"room": {}}]', "result[1]: 'id' is a required property"),
+    ],
 )
 def test_ill_formed_device_list_raises_naming_the_field(result: str, expected: str) -> None:
     body = f'{{"status": "success", "result": {result}}}'

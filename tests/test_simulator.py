@@ -409,6 +409,11 @@ def test_every_option_has_help() -> None:
         "duration_seconds",
         "start",
         "seed",
+        "faults",
+        "fault_rate",
+        "fault_devices",
+        "fault_delay_seconds",
+        "rate_limit",
         "api_key",
     }
     assert all(a.help for a in options)

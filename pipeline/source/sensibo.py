@@ -1,8 +1,14 @@
 """Async client of the two Sensibo API v2 endpoints the connector polls.
 
-It turns every way a poll can go wrong into a ``SourceError`` with a message an
-operator can act on, so the connector can skip a device for one poll and carry
-on. The API key travels as the ``apiKey`` query parameter, which is why no URL
+Every answer is checked against the project's OpenAPI document before a field
+is read, and every way a request can go wrong becomes a ``SourceError`` whose
+``kind`` names it (timeout, connection, http_5xx, http_4xx, rate_limited,
+malformed, envelope, schema), so the connector can count it, skip the device
+for one poll and carry on. Transient failures (no answer, 5xx, 429, a body cut
+short) are retried with jittered backoff; 429, as an HTTP status or as a JSON
+``status``, honours ``Retry-After`` and pauses the shared rate limiter.
+
+The API key travels as the ``apiKey`` query parameter, which is why no URL
 with a query string ever reaches a message: errors name the path only, text
 that came from the server is scrubbed of the key, and chained aiohttp errors
 (whose text can hold the full URL) are not attached.
@@ -10,13 +16,23 @@ that came from the server is scrubbed of the key, and chained aiohttp errors
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+
+from pipeline.source.backoff import Backoff, parse_retry_after
+from pipeline.source.openapi_validation import ApiDocument, SchemaViolation
+from pipeline.source.rate_limit import TokenBucket
+
+log = logging.getLogger(__name__)
 
 SNIPPET_CHARS = 200
 
@@ -24,13 +40,22 @@ SNIPPET_CHARS = 200
 class SourceError(Exception):
     """The device API could not deliver what was asked; ``reason`` says why."""
 
+    kind = "error"
+    retryable = False
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
 class SourceUnavailable(SourceError):
-    """No answer: connection refused or reset, DNS failure, or a timeout."""
+    """No answer: connection refused or reset, DNS failure (``connection``) or a timeout."""
+
+    retryable = True
+
+    def __init__(self, reason: str, kind: str = "connection") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 class SourceHTTPError(SourceError):
@@ -39,10 +64,31 @@ class SourceHTTPError(SourceError):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+        self.kind = "http_5xx" if status >= 500 else "http_4xx"
+        self.retryable = status >= 500
+
+
+class SourceRateLimited(SourceHTTPError):
+    """HTTP 429, or a JSON ``status`` of 429; ``retry_after`` is the wait the API asked for."""
+
+    kind = "rate_limited"
+    retryable = True
+
+    def __init__(self, status: int, reason: str, retry_after: float | None) -> None:
+        super().__init__(status, reason)
+        self.kind = "rate_limited"
+        self.retryable = True
+        self.retry_after = retry_after
 
 
 class SourceResponseError(SourceError):
-    """The answer broke the contract: not JSON, an error envelope, missing or ill-typed fields."""
+    """The answer broke the contract: not JSON (``malformed``, retried), an error envelope
+    (``envelope``), or a body that does not match the API document (``schema``)."""
+
+    def __init__(self, reason: str, kind: str = "schema") -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.retryable = kind == "malformed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,32 +101,72 @@ class RawReading:
     humidity: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class History:
+    """A device's samples, oldest first, and the API's clock when it answered.
+
+    ``api_time`` comes from the answer's HTTP ``Date`` header: the reference
+    for "a reading from the future", because the API's clock (a simulator's may
+    run fast) is the one the device times are on. None if the header is absent.
+    """
+
+    readings: list[RawReading]
+    api_time: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceList:
+    """The account's device ids and the API's clock when it answered (see ``History``)."""
+
+    ids: list[str]
+    api_time: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    result: Any
+    api_time: float | None
+
+
 class SensiboClient:
-    """Reads devices and their recent measurements from a Sensibo API v2 (or the simulator)."""
+    """Reads devices and their recent measurements from a Sensibo API v2 (or the simulator).
+
+    ``limiter`` spaces requests out (shared by all devices), ``concurrency``
+    bounds requests in flight (held only while a request is on the wire, never
+    during a backoff), ``backoff`` says how often and how long to retry.
+    """
 
     def __init__(
-        self, base_url: str, api_key: str, session: aiohttp.ClientSession, timeout: float = 10.0
+        self,
+        base_url: str,
+        api_key: str,
+        session: aiohttp.ClientSession,
+        timeout: float = 10.0,
+        *,
+        limiter: TokenBucket | None = None,
+        concurrency: asyncio.Semaphore | None = None,
+        backoff: Backoff | None = None,
+        document: ApiDocument | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._limiter = limiter
+        self._concurrency = concurrency
+        self._backoff = backoff or Backoff(attempts=1)
+        self._document = document or ApiDocument.bundled()
+
+    async def devices(self) -> DeviceList:
+        """The ids of the account's devices, in the API's order, and the API's clock."""
+        answer = await self._get("listPods", "users/me/pods", {"fields": "id"})
+        return DeviceList([pod["id"] for pod in answer.result], answer.api_time)
 
     async def list_devices(self) -> list[str]:
         """The ids of the account's devices, in the API's order."""
-        path = "users/me/pods"
-        result = await self._get(path, {"fields": "id"})
-        if not isinstance(result, list):
-            raise SourceResponseError(f"{path}: 'result' is not a list")
-        ids = []
-        for i, pod in enumerate(result):
-            pod_id = pod.get("id") if isinstance(pod, dict) else None
-            if not isinstance(pod_id, str) or not pod_id:
-                raise SourceResponseError(f"{path}: result[{i}] has no string 'id'")
-            ids.append(pod_id)
-        return ids
+        return (await self.devices()).ids
 
-    async def historical_measurements(self, device_id: str, days: int) -> list[RawReading]:
+    async def history(self, device_id: str, days: int) -> History:
         """The device's samples of the last ``days`` days, oldest first.
 
         The temperature and humidity series are joined on time; a time found in
@@ -91,31 +177,67 @@ class SensiboClient:
         if days < 1:
             raise ValueError(f"days must be at least 1, got {days}")
         path = f"pods/{quote(device_id, safe='')}/historicalMeasurements"
-        result = await self._get(path, {"days": str(days)})
-        if not isinstance(result, dict):
-            raise SourceResponseError(f"{path}: 'result' is not an object")
-        temperature = _series(result, "temperature", path)
-        humidity = _series(result, "humidity", path)
-        return [
+        answer = await self._get("getHistoricalMeasurements", path, {"days": str(days)})
+        temperature = _series(answer.result["temperature"], "temperature", path)
+        humidity = _series(answer.result["humidity"], "humidity", path)
+        readings = [
             RawReading(device_id, t, temperature.get(t), humidity.get(t))
             for t in sorted(temperature.keys() | humidity.keys())
         ]
+        return History(readings, answer.api_time)
 
-    async def _get(self, path: str, params: dict[str, str]) -> Any:
-        """GET ``path`` and return the envelope's ``result``."""
+    async def historical_measurements(self, device_id: str, days: int) -> list[RawReading]:
+        """The readings of ``history``, without the API's clock."""
+        return (await self.history(device_id, days)).readings
+
+    async def _get(self, operation: str, path: str, params: dict[str, str]) -> _Answer:
+        """GET ``path`` with retries; return the envelope's ``result`` and the API's clock."""
+        attempts = self._backoff.attempts
+        for attempt in range(1, attempts + 1):
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            try:
+                return await self._get_once(operation, path, params)
+            except SourceError as exc:
+                retry_after = exc.retry_after if isinstance(exc, SourceRateLimited) else None
+                if isinstance(exc, SourceRateLimited) and self._limiter is not None:
+                    self._limiter.pause(retry_after or self._backoff.delay(attempt))
+                if not exc.retryable or attempt == attempts:
+                    raise
+                if retry_after is not None and retry_after > self._backoff.cap:
+                    raise  # the API wants a longer pause than a poll; the device waits a round
+                delay = self._backoff.delay(attempt, retry_after)
+                log.info(
+                    "device API retry path=%s kind=%s attempt=%d wait_s=%.2f",
+                    path,
+                    exc.kind,
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _get_once(self, operation: str, path: str, params: dict[str, str]) -> _Answer:
         url = f"{self._base_url}/{path}"
         where = self._scrub(f"GET {url}")
+        slot = self._concurrency or contextlib.nullcontext()
         try:
-            async with self._session.get(
-                url,
-                params={**params, "apiKey": self._api_key},
-                headers={"Accept-Encoding": "gzip"},
-                timeout=self._timeout,
-            ) as response:
+            async with (
+                slot,
+                self._session.get(
+                    url,
+                    params={**params, "apiKey": self._api_key},
+                    headers={"Accept-Encoding": "gzip"},
+                    timeout=self._timeout,
+                ) as response,
+            ):
                 status = response.status
+                headers = response.headers
                 body = await response.read()
         except TimeoutError:
-            raise SourceUnavailable(f"{where}: no answer within {self._timeout.total} s") from None
+            raise SourceUnavailable(
+                f"{where}: no answer within {self._timeout.total} s", kind="timeout"
+            ) from None
         except aiohttp.ClientError as exc:
             raise SourceUnavailable(self._scrub(f"{where}: {type(exc).__name__}: {exc}")) from None
 
@@ -124,26 +246,50 @@ class SensiboClient:
             is_json = True
         except ValueError:
             payload, is_json = None, False
-        reason = payload.get("reason") if isinstance(payload, dict) else None
+        envelope = payload if isinstance(payload, dict) else {}
+        reason = envelope.get("reason")
         if not isinstance(reason, str):
             reason = _snippet(body)
 
+        if status == 429 or str(envelope.get("status")) == "429":
+            wait = parse_retry_after(headers.get("Retry-After"))
+            raise SourceRateLimited(
+                status, self._scrub(f"{where} is rate limited (HTTP {status}): {reason}"), wait
+            )
         if not 200 <= status < 300:
             raise SourceHTTPError(status, self._scrub(f"{where} answered HTTP {status}: {reason}"))
         if not is_json:
-            raise SourceResponseError(self._scrub(f"{where}: answer is not JSON: {reason}"))
-        if not isinstance(payload, dict) or payload.get("status") != "success":
-            got = payload.get("status") if isinstance(payload, dict) else None
             raise SourceResponseError(
-                self._scrub(f"{where}: status {got!r}, not 'success': {reason}")
+                self._scrub(f"{where}: answer is not JSON: {reason}"), kind="malformed"
             )
-        if "result" not in payload:
-            raise SourceResponseError(f"{where}: envelope has no 'result'")
-        return payload["result"]
+        if envelope.get("status") != "success":
+            raise SourceResponseError(
+                self._scrub(f"{where}: status {envelope.get('status')!r}, not 'success': {reason}"),
+                kind="envelope",
+            )
+        try:
+            self._document.check(operation, status, payload)
+        except SchemaViolation as exc:
+            raise SourceResponseError(
+                self._scrub(f"{where}: answer does not match the API document: {exc}")
+            ) from None
+        return _Answer(payload["result"], _http_date(headers.get("Date")))
 
     def _scrub(self, text: str) -> str:
         """Remove the API key from text that may echo it (server reasons, aiohttp errors)."""
         return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _snippet(body: bytes) -> str:
@@ -153,24 +299,19 @@ def _snippet(body: bytes) -> str:
     return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "..."
 
 
-def _series(result: dict[str, Any], name: str, path: str) -> dict[float, float | None]:
-    """One measurement series as {epoch seconds: value}."""
-    entries = result.get(name)
-    if not isinstance(entries, list):
-        raise SourceResponseError(f"{path}: '{name}' is missing or not a list")
+def _series(entries: list[dict[str, Any]], name: str, path: str) -> dict[float, float | None]:
+    """One measurement series (already checked against the document) as {epoch s: value}."""
     values: dict[float, float | None] = {}
     for i, entry in enumerate(entries):
-        where = f"{path}: {name}[{i}]"
-        if not isinstance(entry, dict):
-            raise SourceResponseError(f"{where} is not an object")
-        values[_epoch(entry.get("time"), where)] = _value(entry.get("value"), where)
+        value = entry["value"]
+        values[_epoch(entry["time"], f"{path}: {name}[{i}]")] = (
+            None if value is None else float(value)
+        )
     return values
 
 
-def _epoch(value: object, where: str) -> float:
+def _epoch(value: str, where: str) -> float:
     """ISO-8601 time to epoch seconds; a time without a zone is taken as UTC."""
-    if not isinstance(value, str):
-        raise SourceResponseError(f"{where}: 'time' is missing or not a string")
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -178,12 +319,3 @@ def _epoch(value: object, where: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-def _value(value: object, where: str) -> float | None:
-    """A sample value; JSON null stays None, so a gap is visible downstream."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SourceResponseError(f"{where}: 'value' {value!r} is not a number")
-    return float(value)

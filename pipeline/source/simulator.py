@@ -9,12 +9,20 @@ so a test can cover days of event time in seconds and know in advance which
 samples exist.
 
 The daily cycle follows UTC: temperature peaks in the UTC afternoon.
+
+Answers carry the simulated clock in their HTTP ``Date`` header, as the real
+API carries its own, so clients can tell a reading from the future even when
+the clock runs fast. Fault modes (``--faults``, see ``pipeline.source.faults``)
+make the API misbehave in every way the connector must survive, and an
+optional request-rate limit (``--rate-limit``) answers 429 like the real API.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import email.utils
 import hashlib
 import hmac
 import logging
@@ -31,6 +39,13 @@ import yaml
 from aiohttp import web
 
 from pipeline.settings import ENV_PREFIX, load_settings
+from pipeline.source.faults import (
+    ALL_FAULTS,
+    IMPOSSIBLE_HUMIDITY,
+    IMPOSSIBLE_TEMPERATURE,
+    FaultPlan,
+    parse_faults,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +69,10 @@ class SimulatorConfig:
     duration_seconds: float | None = None
     start: float | None = None  # epoch seconds; None: now, aligned down to the interval
     seed: int = 0
+    faults: dict[str, float] = field(default_factory=dict)  # fault kind -> rate
+    fault_devices: tuple[str, ...] | None = None  # None: faults hit every device
+    fault_delay_seconds: float = 30.0
+    rate_limit: float | None = None  # requests per second per key; None: unlimited
 
     def __post_init__(self) -> None:
         problems = []
@@ -71,6 +90,15 @@ class SimulatorConfig:
             problems.append(f"history_seconds must be 0 or more, got {self.history_seconds}")
         if self.duration_seconds is not None and not self.duration_seconds >= 0:
             problems.append(f"duration_seconds must be 0 or more, got {self.duration_seconds}")
+        unknown = sorted(set(self.faults) - set(ALL_FAULTS))
+        if unknown:
+            problems.append(f"unknown faults {unknown}")
+        if not self.fault_delay_seconds >= 0:
+            problems.append(
+                f"fault_delay_seconds must be 0 or more, got {self.fault_delay_seconds}"
+            )
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            problems.append(f"rate_limit must be positive, got {self.rate_limit}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -195,6 +223,9 @@ class _Clock:
         moment = self.start + (time.monotonic() - self._origin) * self.speedup
         return moment if self.end is None else min(moment, self.end)
 
+    def frozen(self, now: float) -> bool:
+        return self.end is not None and now >= self.end
+
     def samples(self, after: float, until: float) -> range:
         """Grid times t (epoch seconds) with ``after < t <= until``, none before the history."""
         first = max(
@@ -225,6 +256,11 @@ class _Simulation:
     clock: _Clock
     devices: dict[str, _Device]
     openapi_yaml: str
+    faults: FaultPlan | None
+    recent_requests: collections.deque = field(default_factory=collections.deque)
+
+    def present(self, device_id: str, now: float) -> bool:
+        return self.faults is None or self.faults.present(device_id, now, self.clock.frozen(now))
 
 
 SIMULATION = web.AppKey("simulation", _Simulation)
@@ -285,6 +321,66 @@ async def _error_envelope(request: web.Request, handler: Handler) -> web.StreamR
 
 
 @web.middleware
+async def _date_header(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer tells the simulated clock, as the real API's ``Date`` tells its own."""
+    response = await handler(request)
+    now = request.app[SIMULATION].clock.now()
+    response.headers["Date"] = email.utils.formatdate(now, usegmt=True)
+    return response
+
+
+def _rate_limited(retry_after: int, as_json_status: bool) -> web.Response:
+    body = {"status": 429, "reason": "too many requests"}
+    response = _json(body, 200 if as_json_status else 429)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+@web.middleware
+async def _limit_rate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Like the real API: over ``rate_limit`` requests in the last second answers 429."""
+    sim = request.app[SIMULATION]
+    limit = sim.config.rate_limit
+    if limit is None or request.path in PUBLIC_PATHS:
+        return await handler(request)
+    now = time.monotonic()
+    recent = sim.recent_requests
+    while recent and recent[0] <= now - 1.0:
+        recent.popleft()
+    if len(recent) >= limit:
+        return _rate_limited(1, as_json_status=False)
+    recent.append(now)
+    return await handler(request)
+
+
+@web.middleware
+async def _inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request faults: one answer goes wrong; the readings behind it stay the same."""
+    faults = request.app[SIMULATION].faults
+    if faults is None or request.path in PUBLIC_PATHS:
+        return await handler(request)
+    kind = faults.request_fault(request.match_info.get("device_id"))
+    if kind == "timeouts":
+        await asyncio.sleep(faults.delay_seconds)
+    elif kind == "5xx":
+        status = faults.rng.choice((500, 502, 503))
+        if status == 502:
+            return web.Response(
+                status=502, text="<html>Bad gateway</html>", content_type="text/html"
+            )
+        raise _ApiError(status, "simulated server error")
+    elif kind == "429":
+        return _rate_limited(1, as_json_status=faults.rng.random() < 0.5)
+    response = await handler(request)
+    if kind == "malformed" and isinstance(response, web.Response) and response.body:
+        body = bytes(response.body)
+        return web.Response(body=body[: len(body) // 2], content_type="application/json")
+    if kind == "schema":
+        return _json({"status": "success", "result": "temporarily unavailable"})
+    return response
+
+
+@web.middleware
 async def _require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in PUBLIC_PATHS:
         given = request.query.get("apiKey", "")
@@ -315,6 +411,8 @@ async def _pods(request: web.Request) -> web.Response:
     now = sim.clock.now()
     pods = []
     for device in sim.devices.values():
+        if not sim.present(device.id, now):
+            continue
         pod = {
             "id": device.id,
             "room": {"name": device.room, "icon": device.icon},
@@ -340,15 +438,38 @@ async def _historical(request: web.Request) -> web.Response:
     sim = request.app[SIMULATION]
     device_id = request.match_info["device_id"]
     device = sim.devices.get(device_id)
-    if device is None:
-        raise _ApiError(404, f"no pod with id {device_id!r}")
     now = sim.clock.now()
-    temperature, humidity = [], []
+    if device is None or not sim.present(device_id, now):
+        raise _ApiError(404, f"no pod with id {device_id!r}")
+    temperature: list[dict[str, object]] = []
+    humidity: list[dict[str, object]] = []
+    faults = sim.faults
     for t in sim.clock.samples(now - _days(request) * DAY, now):
+        if faults is not None and not faults.visible(device_id, t, now):
+            continue
         temp_value, humidity_value = device.sample(t)
+        kind = faults.reading_fault(device_id, t) if faults is not None else None
+        if kind == "null":
+            temp_value = None
+        elif kind == "nan":
+            temp_value = math.nan
+        elif kind == "impossible":
+            if t // sim.clock.interval % 2:
+                temp_value = IMPOSSIBLE_TEMPERATURE
+            else:
+                humidity_value = IMPOSSIBLE_HUMIDITY
+        copies = 2 if kind == "duplicates" else 1
         stamp = _iso(t)
-        temperature.append({"time": stamp, "value": temp_value})
-        humidity.append({"time": stamp, "value": humidity_value})
+        temperature.extend([{"time": stamp, "value": temp_value}] * copies)
+        if kind != "missing":
+            humidity.extend([{"time": stamp, "value": humidity_value}] * copies)
+        if kind == "future" and faults.serves_future(t, now):
+            ahead = _iso(faults.future_time(t))
+            temperature.append({"time": ahead, "value": temp_value})
+            humidity.append({"time": ahead, "value": humidity_value})
+    if faults is not None and faults.rate("out-of-order") > 0 and faults.covers(device_id):
+        faults.rng.shuffle(temperature)
+        faults.rng.shuffle(humidity)
     return _success({"temperature": temperature, "humidity": humidity})
 
 
@@ -358,7 +479,7 @@ async def _health(request: web.Request) -> web.Response:
     now = clock.now()
     return _json(
         {
-            "status": "ok",
+            "faults": sim.config.faults,
             "now": now,
             "now_iso": _iso(now),
             "start": clock.start,
@@ -367,6 +488,7 @@ async def _health(request: web.Request) -> web.Response:
             "speedup": clock.speedup,
             "interval_seconds": clock.interval,
             "devices": len(sim.devices),
+            "status": "ok",
         }
     )
 
@@ -379,15 +501,39 @@ async def _openapi_json(request: web.Request) -> web.Response:
     return _json(yaml.safe_load(request.app[SIMULATION].openapi_yaml))
 
 
+def fault_plan(config: SimulatorConfig) -> FaultPlan | None:
+    """The fault plan a simulator with this configuration follows (None without faults)."""
+    if not any(config.faults.values()):
+        return None
+    devices = None if config.fault_devices is None else frozenset(config.fault_devices)
+    return FaultPlan(
+        dict(config.faults),
+        config.seed,
+        config.interval_seconds,
+        devices,
+        config.fault_delay_seconds,
+    )
+
+
 def build_app(config: SimulatorConfig) -> web.Application:
     """The simulator as an aiohttp application; its clock starts now."""
-    app = web.Application(middlewares=[_log_requests, _error_envelope, _require_key])
+    app = web.Application(
+        middlewares=[
+            _log_requests,
+            _date_header,
+            _error_envelope,
+            _require_key,
+            _limit_rate,
+            _inject_faults,
+        ]
+    )
     ids = device_ids(config.seed, config.devices)
     app[SIMULATION] = _Simulation(
         config=config,
         clock=_clock(config),
         devices={d: _Device.create(config.seed, d, n) for n, d in enumerate(ids, start=1)},
         openapi_yaml=resources.files(__package__).joinpath("openapi.yaml").read_text(),
+        faults=fault_plan(config),
     )
     app.router.add_get("/healthz", _health)
     app.router.add_get(f"{API_PREFIX}/openapi.yaml", _openapi_yaml)
@@ -457,6 +603,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="seed of device ids and values (default: %(default)s)"
     )
     parser.add_argument(
+        "--faults",
+        default="",
+        metavar="KIND[=RATE],...",
+        help="fault modes to switch on, each at --fault-rate unless given: all, "
+        f"{', '.join(ALL_FAULTS)} (default: none)",
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.05,
+        help="rate of each fault given without one, 0..1 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fault-devices",
+        metavar="ID,...",
+        help="only these devices misbehave (default: every device)",
+    )
+    parser.add_argument(
+        "--fault-delay-seconds",
+        type=float,
+        default=30.0,
+        help="how late a 'timeouts' answer comes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        help="answer 429 above this many requests per second (default: no limit)",
+    )
+    parser.add_argument(
         "--api-key",
         help=f"the only API key accepted (default: ${API_KEY_ENV} or source_api_key in the "
         "settings file; prefer those, as command lines are visible to other users)",
@@ -474,6 +649,12 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        faults = parse_faults(args.faults, args.fault_rate)
+        fault_devices = (
+            None
+            if args.fault_devices is None
+            else tuple(d.strip() for d in args.fault_devices.split(",") if d.strip())
+        )
         config = SimulatorConfig(
             api_key=api_key,
             devices=args.devices,
@@ -483,6 +664,10 @@ def run(args: argparse.Namespace) -> int:
             duration_seconds=args.duration_seconds,
             start=args.start,
             seed=args.seed,
+            faults=faults,
+            fault_devices=fault_devices,
+            fault_delay_seconds=args.fault_delay_seconds,
+            rate_limit=args.rate_limit,
         )
     except ValueError as exc:
         print(f"simulator: {exc}", file=sys.stderr)
