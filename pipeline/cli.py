@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from pipeline import settings_command, stack
+from pipeline import replay_command, settings_command, stack
 from pipeline.services import ServiceError
 from pipeline.settings import SettingsError
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.register(commands)
 
     from dashboard import serve
+    from pipeline import health
     from pipeline.prediction import worker
     from pipeline.services import cli as services_cli
     from pipeline.source import simulator
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulator.register(commands)
     worker.register(commands)
     serve.register(commands)
+    health.register(commands)
+    replay_command.register(commands)
     settings_command.register(commands)
     return parser
 

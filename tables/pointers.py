@@ -26,3 +26,18 @@ jobs_emitted = app.Table(
     default=int,
     help="Prediction jobs emitted per device.",
 )
+
+last_seen_wall = app.Table(
+    "last-seen-wall",
+    key_type=str,
+    value_type=float,
+    help="Wall-clock time (epoch s) the job manager last saw a new reading, per device.",
+)
+
+late_readings = app.Table(
+    "late-readings",
+    key_type=str,
+    value_type=int,
+    default=int,
+    help="Readings at or before the pointer (late or replayed) per device; never windowed.",
+)

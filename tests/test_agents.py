@@ -23,6 +23,11 @@ from pipeline.storage import AsyncStore, Store
 pytestmark = pytest.mark.asyncio
 
 
+def delivered_send() -> AsyncMock:
+    """Stands in for Topic.send: records each call and returns a delivered future."""
+    return AsyncMock(side_effect=lambda *args, **kwargs: asyncio.sleep(0))
+
+
 async def settle(condition, timeout: float = 10.0) -> None:
     """test_context's put() returns once the previous event is done; wait for the last."""
     loop = asyncio.get_running_loop()
@@ -53,45 +58,12 @@ def faust_app(redis_url, redis_client, monkeypatch):
     return app
 
 
-async def test_ingest_forwards_each_new_reading_once_and_dead_letters_bad_ones(
-    faust_app, redis_client
-):
-    from agents.ingest import ingest
-    from pipeline.topics import deadletter_topic, readings_topic
-    from tables.pointers import last_ingested
-
-    forwarded, rejected = AsyncMock(), AsyncMock()
-    with (
-        patch.object(readings_topic, "send", forwarded),
-        patch.object(deadletter_topic, "send", rejected),
-    ):
-        async with ingest.test_context() as agent:
-            for payload in (
-                raw("dev1", 100.0),
-                raw("dev1", 100.0),  # duplicate from an overlapping poll
-                raw("dev1", 40.0),  # older than what was ingested
-                raw("dev1", 160.0),
-                b"{truncated",
-                raw("dev1", 220.0, temperature=float("nan")),
-            ):
-                await agent.put(payload, key="dev1")
-            await settle(lambda: len(rejected.call_args_list) == 2)
-
-    assert [c.kwargs["value"].time for c in forwarded.call_args_list] == [100.0, 160.0]
-    reasons = [c.kwargs["value"].reason for c in rejected.call_args_list]
-    assert len(reasons) == 2 and reasons[0].startswith("not JSON")
-    assert "temperature is not finite" in reasons[1]
-    assert rejected.call_args_list[0].kwargs["value"].payload == "{truncated"
-    assert [r["time"] for r in Store(redis_client).readings_between("dev1")] == [100.0, 160.0]
-    assert last_ingested["dev1"] == 160.0
-
-
 async def test_job_manager_enqueues_one_json_job_per_closed_window(faust_app, redis_client):
     from agents.job_manager import manage_jobs
     from pipeline.topics import jobs_topic
     from tables.pointers import jobs_emitted, last_processed
 
-    audit = AsyncMock()
+    audit = delivered_send()
     with patch.object(jobs_topic, "send", audit):
         async with manage_jobs.test_context() as agent:
             for minute in [0, 30, 60, 61, 59, 125]:  # window 3600 s; 59 arrives late
@@ -117,3 +89,88 @@ async def test_job_manager_enqueues_one_json_job_per_closed_window(faust_app, re
         }
         stored = json.loads(zlib.decompress(redis_client.hget(job.key, "data")))
         assert stored[0] == job.func_name  # JSON on the wire, never pickle
+
+
+async def test_window_and_model_can_be_set_per_device(faust_app, redis_client, monkeypatch):
+    import dataclasses
+
+    import agents.job_manager as job_manager
+    from pipeline.topics import jobs_topic
+
+    settings = dataclasses.replace(
+        job_manager.settings,
+        models={"prophet": "pipeline.prediction.jobs.prophet_forecast", "fast": "nowhere.fit"},
+        device_windows={"quick": 600.0},
+        device_models={"quick": "fast"},
+    )
+    monkeypatch.setattr(job_manager, "settings", settings)
+    audit = delivered_send()
+    with patch.object(jobs_topic, "send", audit):
+        async with job_manager.manage_jobs.test_context() as agent:
+            for device in ("quick", "slow"):
+                for minute in range(0, 61, 5):
+                    reading = Reading(
+                        device_id=device, time=minute * 60.0, temperature=20.0, humidity=40.0
+                    )
+                    await agent.put(reading, key=device)
+            await settle(lambda: len(audit.call_args_list) == 7)
+
+    jobs = [c.kwargs["value"] for c in audit.call_args_list]
+    quick = [(j.window_start, j.window_end, j.model) for j in jobs if j.device_id == "quick"]
+    slow = [(j.window_start, j.window_end, j.model) for j in jobs if j.device_id == "slow"]
+    assert quick == [(s * 600.0, (s + 1) * 600.0, "fast") for s in range(6)]
+    assert slow == [(0.0, 3600.0, "prophet")]
+    # The model is referenced by its dotted path only: the module does not exist.
+    stored = Job.fetch(jobs[0].job_id, connection=redis_client, serializer=JSONSerializer)
+    assert stored.func_name == "nowhere.fit"
+
+
+async def test_late_readings_are_counted_and_never_windowed(faust_app):
+    from agents.job_manager import manage_jobs
+    from pipeline.topics import jobs_topic
+    from tables.pointers import last_processed, late_readings
+
+    audit = delivered_send()
+    with patch.object(jobs_topic, "send", audit):
+        async with manage_jobs.test_context() as agent:
+            for minute in [0, 60, 10, 60, 0, 61]:
+                reading = Reading(
+                    device_id="d", time=minute * 60.0, temperature=20.0, humidity=40.0
+                )
+                await agent.put(reading, key="d")
+            await settle(lambda: last_processed.get("d") == 3600.0 and late_readings["d"] == 3)
+    assert late_readings["d"] == 3
+    assert len(audit.call_args_list) == 1
+
+
+async def test_replay_redeploys_missing_jobs_and_only_forced_ones_again(faust_app, redis_client):
+    from agents.replay import replay
+    from pipeline.records import ReplayRequest
+    from pipeline.topics import jobs_topic
+    from tables.pointers import last_processed
+
+    store = Store(redis_client)
+    store.add_readings(
+        "dev1", [{"time": 60.0 * m, "temperature": 20.0, "humidity": 40.0} for m in range(121)]
+    )
+    audit = delivered_send()
+    with patch.object(jobs_topic, "send", audit):
+        async with replay.test_context() as agent:
+            await agent.put(ReplayRequest(device_id="dev1", from_time=0.0), key="dev1")
+            await settle(lambda: len(audit.call_args_list) == 2)
+            await agent.put(ReplayRequest(device_id="dev1", from_time=0.0), key="dev1")
+            await agent.put(
+                ReplayRequest(device_id="dev1", from_time=3000.0, force=True), key="dev1"
+            )
+            await settle(lambda: len(audit.call_args_list) == 3)
+
+    windows = [
+        (c.kwargs["value"].window_start, c.kwargs["value"].window_end) for c in audit.call_args_list
+    ]
+    # First replay: both windows; second: nothing new; forced from 3000: one window, re-run.
+    assert windows == [(0.0, 3600.0), (3600.0, 7200.0), (3000.0, 6600.0)]
+    assert last_processed["dev1"] == 6600.0
+    queue = make_queue(load_settings(environ={}), redis_client)
+    assert sorted(queue.job_ids) == sorted(
+        job_id_for("dev1", end) for end in (3600.0, 7200.0, 6600.0)
+    )
