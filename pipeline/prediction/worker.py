@@ -1,10 +1,20 @@
-"""The ``pipeline prediction-worker`` command: an RQ worker for the forecast queue.
+"""The ``pipeline prediction-worker`` command: an RQ worker for the forecast queues.
 
 The worker uses RQ's JSON serializer for jobs and results, so it never
 unpickles anything it reads from Redis. Each job runs in a forked work horse
 (RQ's default, which also enforces the job timeout); the model modules are
 imported once in the parent beforehand so that every fork starts with Prophet
 already loaded instead of paying seconds of imports per job.
+
+Start as many workers as there are cores, on one machine or many: RQ hands each
+job to exactly one of them. Re-runs wait in RQ's scheduled registry, so every
+worker also offers to run RQ's scheduler: one holds its lock at a time, and if
+that worker dies, another takes over once the lock expires (about a minute:
+RQ's fixed lease), so re-runs are delayed then, never lost. Bad input is failed at once
+(``pipeline.prediction.failures``); the jobs of a worker that died are re-run
+(``pipeline.prediction.reaper``). SIGTERM is a warm shutdown: the worker
+finishes its current job, then exits; a second SIGTERM or SIGINT abandons the
+job, which is then re-run elsewhere as a lost one.
 """
 
 from __future__ import annotations
@@ -15,9 +25,10 @@ import logging
 import sys
 
 import redis
-from rq import Worker
 from rq.serializers import JSONSerializer
 
+from pipeline.prediction.failures import no_retry_for_bad_input
+from pipeline.prediction.reaper import ForecastWorker
 from pipeline.queue import make_queue
 from pipeline.settings import Settings, load_settings
 
@@ -32,8 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prediction-worker",
         help="run a worker that fits forecasts from the prediction queue",
         description=(
-            "Take prediction jobs from the Redis queue (settings: redis_url, queue_name), "
-            "fit the job's model and store its forecast. Start as many as you have cores."
+            "Take prediction jobs from the Redis queues (settings: redis_url, queue_name, "
+            "model_queues), fit the job's model and store its forecast. Start as many as you "
+            "have cores. SIGTERM finishes the current job, then exits."
         ),
     )
     parser.add_argument(
@@ -78,12 +90,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"prediction-worker: Redis unreachable at {where}: {exc}", file=sys.stderr)
         return 1
     _preload_models(settings)
-    worker = Worker(
-        [make_queue(settings, connection)],
-        connection=connection,
-        name=args.name,
-        serializer=JSONSerializer,
-    )
-    log.info("prediction worker %s on queue %s", worker.name, settings.queue_name)
-    worker.work(burst=args.burst, logging_level=args.log_level.upper(), with_scheduler=False)
+    worker = build_worker(settings, connection, args.name)
+    log.info("prediction worker %s on queues %s", worker.name, ", ".join(worker.queue_names()))
+    worker.work(burst=args.burst, logging_level=args.log_level.upper(), with_scheduler=True)
     return 0
+
+
+def build_worker(
+    settings: Settings, connection: redis.Redis, name: str | None = None
+) -> ForecastWorker:
+    """A worker on every prediction queue, with this project's failure handling."""
+    heartbeat = settings.worker_heartbeat_seconds
+    return ForecastWorker(
+        [make_queue(settings, connection, queue) for queue in settings.queues()],
+        connection=connection,
+        name=name,
+        serializer=JSONSerializer,
+        exception_handlers=[no_retry_for_bad_input],
+        job_monitoring_interval=heartbeat,
+        maintenance_interval=2 * heartbeat,
+        # An idle worker blocks on the queue for worker_ttl - 15 s between sweeps.
+        worker_ttl=2 * heartbeat + 15,
+        lost_job_reruns=settings.job_retries,
+    )
