@@ -18,5 +18,6 @@ lint: bootstrap
 	.venv/bin/ruff format --check .
 
 test: bootstrap lint
+	scripts/install-browser.sh
 	.venv/bin/pipeline services up
 	.venv/bin/pytest

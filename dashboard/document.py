@@ -1,275 +1,223 @@
-"""The dashboard document: one device's readings and latest forecast, kept live.
+"""One browser session's document: fleet, device and health panels, kept live.
 
-Every browser session gets its own document and its own ``LiveView``, which
-remembers what is already on screen (the device, the newest reading time, the
-forecast's trained-until time). A periodic callback then sends the browser only
-what changed: new readings are streamed (with a rollover, so a page left open
-for days stays small) and the forecast is replaced only when a newer one exists.
+The Bokeh server runs every session on one event loop, so nothing here waits on
+Redis, Kafka or HTTP there. Reads run on a thread pool (``dashboard.data``); the
+result comes back with ``Document.add_next_tick_callback`` (the one document
+method that is safe to call from another thread) and is applied under the
+document lock. The periodic callback only submits a read, and skips a refresh
+while the previous read is still out, so a slow or unreachable source delays
+the page but never piles up work or blocks other sessions.
 
-Redis calls run on the Bokeh server's event loop, so they use short timeouts and
-no client-side retries: a Redis outage must show up as a status line, not freeze
-every session, and the next periodic update is the retry.
+When a source is down the banner at the top says which and that it retries;
+nothing raises into the page, and the next refresh is the retry.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from datetime import datetime
+from functools import partial
 from typing import Any
 
-import redis
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, Div, HoverTool, Range, Select
-from bokeh.plotting import figure
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from bokeh.models import Div
 
-from pipeline.settings import Settings, load_settings
+from dashboard.data import (
+    FleetSnapshot,
+    Outages,
+    Poller,
+    fetch_device,
+    redis_address,
+    shared_poller,
+)
+from dashboard.device import DevicePanel
+from dashboard.fleet import FleetPanel
+from dashboard.health import HealthPanel
+from dashboard.style import FIGURES_CSS
+from pipeline.settings import Settings, SettingsError, load_settings
 from pipeline.storage import Store
 
 log = logging.getLogger(__name__)
 
-MAX_READINGS = 5000  # per device on screen; older readings roll off
-REDIS_TIMEOUT_SECONDS = 1.0
-READING_COLOR = "#1f77b4"
-FORECAST_COLOR = "#ff7f0e"
+# Shared by every session of the process; reads are short and mostly wait on I/O.
+EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboard-read")
+TITLE = "Sensor forecasts"
 
 
-def connect(redis_url: str) -> Store:
-    """A Store that fails fast instead of blocking the server's event loop."""
-    client = redis.Redis.from_url(
-        redis_url,
-        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-        socket_timeout=REDIS_TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), 0),
+def banner_html(outages: Outages, refresh_seconds: float, device_error: str | None) -> str:
+    """The status line: every unreachable source and that it is retried, or all is well."""
+    problems = [p for p in (outages.redis or device_error, outages.faust_web, outages.kafka) if p]
+    if problems:
+        retry = f" — retrying every {refresh_seconds:g} s"
+        return "<br>".join(f"<span class='outage'>{html.escape(p)}{retry}</span>" for p in problems)
+    return (
+        f"<span class='ok'>Live: Redis, Faust web view and Kafka reachable; "
+        f"updated {datetime.now().strftime('%H:%M:%S')}, every {refresh_seconds:g} s</span>"
     )
-    return Store(client)
 
 
-def _ms(epoch_seconds: float) -> float:
-    """Bokeh datetime axes take milliseconds since the epoch."""
-    return epoch_seconds * 1000.0
+class Session:
+    """A session's panels and the hand-off of reads between the thread pool and the loop."""
 
-
-def _utc(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _reading_columns(readings: list[dict[str, float]]) -> dict[str, list[float]]:
-    return {
-        "time": [_ms(r["time"]) for r in readings],
-        "temperature": [r["temperature"] for r in readings],
-        "humidity": [r["humidity"] for r in readings],
-    }
-
-
-def _forecast_columns(forecast: dict[str, Any] | None) -> dict[str, list[float]]:
-    points = forecast["points"] if forecast else []
-    return {
-        "time": [_ms(p["ds"]) for p in points],
-        "yhat": [p["yhat"] for p in points],
-        "yhat_lower": [p["yhat_lower"] for p in points],
-        "yhat_upper": [p["yhat_upper"] for p in points],
-    }
-
-
-class LiveView:
-    """One session's widgets and sources, and what they already show."""
-
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(
+        self,
+        doc: Document,
+        settings: Settings,
+        poller: Poller,
+        store: Store,
+        executor: Executor,
+    ) -> None:
+        self.doc = doc
         self.settings = settings
+        self.poller = poller
         self.store = store
-        self.device: str | None = None
-        self.last_time: float | None = None  # event time of the newest reading shown
-        self.forecast_doc: dict[str, Any] | None = None
-        self.redis_down = False  # log outages once, not on every refresh
-
-        self.readings = ColumnDataSource(_reading_columns([]), name="readings")
-        self.forecast = ColumnDataSource(_forecast_columns(None), name="forecast")
-        self.select = Select(title="Device", options=[], name="device", width=240)
-        self.status = Div(text="Connecting to Redis…", name="status")
-        self.select.on_change("value", self._on_select)
-        temperature = self._temperature_figure()
+        self.executor = executor
+        self.closed = False
+        self.reading = False  # a refresh's read is out
+        self.device_error: str | None = None
+        self.banner = Div(
+            text=f"Connecting to Redis at {html.escape(redis_address(store))}…",
+            name="status",
+            stylesheets=[FIGURES_CSS],
+        )
+        self.device = DevicePanel()
+        self.fleet = FleetPanel(on_pick=self._pick)
+        self.health = HealthPanel(settings.dashboard_refresh_seconds)
+        self.device.select.on_change("value", self._on_select)
         self.layout = column(
-            Div(text="<h2>Sensor forecasts</h2>", name="title"),
+            Div(text=f"<h2>{TITLE}</h2>", name="title"),
             Div(
                 text=(
-                    "Temperature and humidity readings of one device as they arrive, with "
-                    "the latest Prophet forecast of its temperature and its 80% interval."
+                    "Every device of the fleet with its newest reading, lag, jobs and forecast "
+                    "quality; the health of the pipeline; and below, one device in depth: its "
+                    "readings, the latest Prophet forecast with its 80% interval, earlier "
+                    "forecasts against what happened, and anomalies. Click a row to open a device."
                 ),
                 name="description",
             ),
-            row(self.select, self.status),
-            temperature,
-            self._humidity_figure(temperature.x_range),
+            self.banner,
+            row(self.fleet.layout, self.health.layout, sizing_mode="stretch_width"),
+            self.device.layout,
             sizing_mode="stretch_width",
         )
-
-    def _temperature_figure(self) -> figure:
-        plot = figure(
-            name="temperature",
-            title="Temperature (°C)",
-            x_axis_type="datetime",
-            height=360,
-            sizing_mode="stretch_width",
-            tools="pan,xwheel_zoom,box_zoom,reset,save",
-        )
-        plot.varea(
-            x="time",
-            y1="yhat_lower",
-            y2="yhat_upper",
-            source=self.forecast,
-            fill_color=FORECAST_COLOR,
-            fill_alpha=0.2,
-            legend_label="forecast, 80% interval",
-        )
-        plot.line(
-            "time",
-            "yhat",
-            source=self.forecast,
-            color=FORECAST_COLOR,
-            line_dash="dashed",
-            line_width=2,
-            legend_label="forecast",
-        )
-        readings = plot.line(
-            "time",
-            "temperature",
-            source=self.readings,
-            color=READING_COLOR,
-            line_width=2,
-            legend_label="reading",
-        )
-        plot.add_tools(
-            HoverTool(
-                renderers=[readings],
-                tooltips=[("time", "@time{%F %T}"), ("°C", "@temperature{0.00}")],
-                formatters={"@time": "datetime"},
-                mode="vline",
-            )
-        )
-        plot.legend.location = "top_left"
-        return plot
-
-    def _humidity_figure(self, x_range: Range) -> figure:
-        plot = figure(
-            name="humidity",
-            title="Humidity (%)",
-            x_axis_type="datetime",
-            x_range=x_range,
-            height=180,
-            sizing_mode="stretch_width",
-            tools="pan,xwheel_zoom,box_zoom,reset",
-        )
-        plot.line("time", "humidity", source=self.readings, color=READING_COLOR, line_width=2)
-        return plot
-
-    @property
-    def _redis_address(self) -> str:
-        """Host, port and database of the Redis used, without any credentials."""
-        return "{host}:{port}/{db}".format(**self.store.client.connection_pool.connection_kwargs)
 
     def refresh(self) -> None:
-        """Periodic update: pick up new devices, new readings and a newer forecast."""
-        self._guarded(self._refresh)
+        """Periodic callback: read the fleet and the shown device off the loop."""
+        if self.reading or self.closed:
+            return
+        self.reading = True
+        cursor = self.device.cursor
+
+        def read() -> tuple[FleetSnapshot, Any]:
+            snapshot = self.poller.snapshot()
+            return snapshot, fetch_device(self.store, cursor) if cursor else None
+
+        self._off_loop(read, self._apply_refresh, on_error=self._refresh_failed)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _apply_refresh(self, result: tuple[FleetSnapshot, Any]) -> None:
+        self.reading = False
+        snapshot, update = result
+        if update is not None:
+            self.device_error = update.error
+            self.device.apply(update)
+        if snapshot.rows is not None:
+            self.fleet.apply(snapshot.rows)
+            devices = [r.device_id for r in snapshot.rows]
+            if devices != list(self.device.select.options):
+                self.device.select.options = devices
+            if devices and self.device.select.value not in devices:
+                self.device.select.value = devices[0]  # loads it, through _on_select
+        self.health.apply(snapshot)
+        if snapshot.rows is not None and not snapshot.rows:
+            text = (
+                "<span class='ok'>No devices in Redis yet — waiting for the first readings.</span>"
+            )
+        else:
+            text = banner_html(
+                snapshot.outages, self.settings.dashboard_refresh_seconds, self.device_error
+            )
+        if text != self.banner.text:
+            self.banner.text = text
+
+    def _refresh_failed(self) -> None:
+        self.reading = False
 
     def _on_select(self, _attr: str, _old: str, new: str) -> None:
-        """The user picked a device (a refresh sets ``self.device`` before the value)."""
-        if new != self.device:
-            self._guarded(lambda: self._show(new))
-
-    def _guarded(self, update: Callable[[], None]) -> None:
-        """Run an update; show a Redis outage in the status line instead of raising."""
-        try:
-            update()
-        except redis.RedisError as exc:
-            if not self.redis_down:
-                log.warning("dashboard: Redis unreachable at %s: %s", self._redis_address, exc)
-            self.redis_down = True
-            self.status.text = (
-                f"Redis unreachable at {self._redis_address} — retrying every "
-                f"{self.settings.dashboard_refresh_seconds:g} s"
-            )
-        else:
-            if self.redis_down:
-                log.info("dashboard: Redis at %s is back", self._redis_address)
-            self.redis_down = False
-            self.status.text = self._describe()
-
-    def _refresh(self) -> None:
-        devices = self.store.devices()
-        if devices != list(self.select.options):
-            self.select.options = devices
-        if devices and self.select.value not in devices:
-            self._show(devices[0])
-            self.select.value = devices[0]
-        else:
-            self._update()
-
-    def _show(self, device: str) -> None:
-        """Switch to a device: empty the sources, then load its data afresh."""
-        self.device = device
-        self.last_time = None
-        self.forecast_doc = None
-        self.readings.data = _reading_columns([])
-        self.forecast.data = _forecast_columns(None)
-        self._update()
-
-    def _update(self) -> None:
-        """Stream the shown device's new readings; swap in a newer forecast."""
-        if self.device is None:
+        """A device was picked (by the user, the table, or the first refresh): load it."""
+        if not new or (self.device.cursor and self.device.cursor.device_id == new):
             return
-        if self.last_time is None:
-            new = self.store.latest_readings(self.device, MAX_READINGS)
-        else:
-            since = self.store.readings_between(self.device, self.last_time)
-            new = [r for r in since if r["time"] > self.last_time]
-        if new:
-            self.readings.stream(_reading_columns(new), rollover=MAX_READINGS)
-            self.last_time = new[-1]["time"]
+        cursor = self.device.switch(new)
+        self._off_loop(partial(fetch_device, self.store, cursor), self.device.apply)
 
-        latest = self.store.latest_forecast(self.device)
-        shown = self.forecast_doc["trained_until"] if self.forecast_doc else None
-        if latest is not None and latest["trained_until"] != shown:
-            self.forecast.data = _forecast_columns(latest)
-            self.forecast_doc = latest
+    def _pick(self, device_id: str) -> None:
+        self.device.select.value = device_id
 
-    def _describe(self) -> str:
-        count = len(self.select.options)
-        if count == 0:
-            return "No devices in Redis yet — waiting for the first readings."
-        devices = f"{count} device{'' if count == 1 else 's'}"
-        if self.device is None:
-            return devices
-        newest = _utc(self.last_time) if self.last_time is not None else "none yet"
-        if self.forecast_doc is None:
-            forecast = "no forecast yet"
-        else:
-            forecast = (
-                f"forecast by {self.forecast_doc.get('model_version', 'unknown model')}, "
-                f"trained until {_utc(self.forecast_doc['trained_until'])}"
+    def _off_loop(
+        self,
+        read: Callable[[], Any],
+        apply: Callable[[Any], None],
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        future = self.executor.submit(read)
+        future.add_done_callback(partial(self._hand_back, apply=apply, on_error=on_error))
+
+    def _hand_back(
+        self, future: Future, apply: Callable[[Any], None], on_error: Callable[[], None] | None
+    ) -> None:
+        """On the reading thread: queue the apply step onto the session's loop."""
+        if self.closed:
+            return
+        self.doc.add_next_tick_callback(partial(self._apply, future, apply, on_error))
+
+    def _apply(
+        self, future: Future, apply: Callable[[Any], None], on_error: Callable[[], None] | None
+    ) -> None:
+        """On the loop, under the document lock: apply a read's result."""
+        try:
+            result = future.result()
+        except Exception:
+            log.exception("dashboard: a read failed")
+            if on_error is not None:
+                on_error()
+            self.banner.text = (
+                "<span class='outage'>The dashboard could not read its data; see the "
+                "dashboard's log. Retrying.</span>"
             )
-        return f"{devices} · newest reading {newest} · {forecast}"
+            return
+        apply(result)
 
 
 def build_document(
-    doc: Document, settings: Settings | None = None, store: Store | None = None
-) -> None:
+    doc: Document,
+    settings: Settings | None = None,
+    poller: Poller | None = None,
+    executor: Executor | None = None,
+) -> Session | None:
     """Populate a session's document and schedule its periodic refresh.
 
     Without ``settings`` they are loaded like every role loads them (YAML file
-    named by ``PIPELINE_CONFIG`` plus ``PIPELINE_*`` variables); without a
-    ``store`` one is connected to ``settings.redis_url`` and closed with the
-    session. Never raises for an unreachable Redis: the status line says so.
+    named by ``PIPELINE_CONFIG`` plus ``PIPELINE_*`` variables); invalid settings
+    are shown on the page instead. Without a ``poller`` the process's shared one
+    for these settings is used. Returns the session (None for invalid settings).
     """
-    settings = settings or load_settings()
-    if store is None:
-        store = connect(settings.redis_url)
-        doc.on_session_destroyed(lambda _context: store.client.close())
-    view = LiveView(settings, store)
-    doc.title = "Sensor forecasts"
-    doc.add_root(view.layout)
-    view.refresh()
-    doc.add_periodic_callback(view.refresh, int(settings.dashboard_refresh_seconds * 1000))
+    doc.title = TITLE
+    if settings is None:
+        try:
+            settings = load_settings()
+        except SettingsError as exc:
+            doc.add_root(Div(text=f"<pre>{html.escape(str(exc))}</pre>", name="status"))
+            return None
+    poller = poller or shared_poller(settings)
+    session = Session(doc, settings, poller, poller.store, executor or EXECUTOR)
+    doc.add_root(session.layout)
+    doc.on_session_destroyed(lambda _context: session.close())
+    session.refresh()
+    doc.add_periodic_callback(session.refresh, int(settings.dashboard_refresh_seconds * 1000))
+    return session

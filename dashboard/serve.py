@@ -27,10 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``dashboard`` subcommand to the ``pipeline`` CLI."""
     parser = subparsers.add_parser(
         "dashboard",
-        help="serve the live dashboard of readings and forecasts",
+        help="serve the live dashboard: fleet, device readings and forecasts, pipeline health",
         description=(
-            "Serve the Bokeh dashboard: each device's readings as they arrive and its latest "
-            "forecast, read from Redis (setting redis_url)."
+            "Serve the Bokeh dashboard: the fleet, one device in depth and the pipeline's "
+            "health, read from Redis (redis_url), the Faust web view (faust_web_url), Kafka "
+            "(broker) and the RQ queue (queue_name), refreshed every dashboard_refresh_seconds."
         ),
     )
     parser.add_argument(
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST[:PORT]",
         help=(
             "host the page may be opened from, as the browser sees it; repeatable "
-            "(default: localhost:PORT and 127.0.0.1:PORT)"
+            "(default: the dashboard_origins setting, else localhost:PORT and 127.0.0.1:PORT)"
         ),
     )
     parser.set_defaults(handler=run)
@@ -64,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
         # Each session's main.py loads settings itself; hand it the same file.
         os.environ[CONFIG_ENV] = str(args.config)
     port = args.port or settings.dashboard_port
-    origins = args.allow_websocket_origin or [f"localhost:{port}", f"127.0.0.1:{port}"]
+    origins = (
+        args.allow_websocket_origin
+        or settings.dashboard_origins
+        or [f"localhost:{port}", f"127.0.0.1:{port}"]
+    )
     try:
         server = Server(
             {APP_PATH: Application(DirectoryHandler(filename=str(APP_DIR)))},
