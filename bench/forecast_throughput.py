@@ -142,23 +142,23 @@ def run_baseline(settings: Settings, client: redis.Redis, ids: list[str]) -> dic
     return summarize("baseline", client, ids, wall, peak)
 
 
-def run_worker(env: dict[str, str], client: redis.Redis, ids: list[str]) -> dict:
+def run_worker(env: dict[str, str], client: redis.Redis, ids: list[str], count: int = 1) -> dict:
+    """Drain the queue with ``count`` burst workers side by side."""
+    argv = [
+        str(Path(sys.executable).with_name("pipeline")),
+        "--log-level",
+        "warning",
+        "prediction-worker",
+        "--burst",
+    ]
     began = time.monotonic()
-    subprocess.run(
-        [
-            str(Path(sys.executable).with_name("pipeline")),
-            "--log-level",
-            "warning",
-            "prediction-worker",
-            "--burst",
-        ],
-        env=env,
-        check=True,
-        timeout=3600,
-    )
+    workers = [subprocess.Popen(argv, env=env) for _ in range(count)]
+    for worker in workers:
+        if worker.wait(timeout=3600) != 0:
+            raise SystemExit(f"a prediction worker exited with {worker.returncode}")
     wall = time.monotonic() - began
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return summarize("worker", client, ids, wall, peak)
+    return summarize("worker" if count == 1 else f"{count} workers", client, ids, wall, peak)
 
 
 def main() -> int:
@@ -183,6 +183,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--seed", type=int, default=7, help="seed of the series (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also drain a fleet with this many workers at once, to show scaling "
+        "(default: %(default)s, no scaling run)",
     )
     args = parser.parse_args()
 
@@ -215,6 +222,14 @@ def main() -> int:
         settings = load_settings(environ=worker_env)
         ids = enqueue_fleet(settings, client, "worker-", args.devices, args.points, args.seed)
         worker = run_worker(worker_env, client, ids)
+        runs = [baseline, worker]
+        if args.workers > 1:
+            many_env = {**env, "PIPELINE_QUEUE_NAME": "bench-forecasts-many"}
+            settings = load_settings(environ=many_env)
+            many_ids = enqueue_fleet(
+                settings, client, "many-", args.devices, args.points, args.seed
+            )
+            runs.append(run_worker(many_env, client, many_ids, args.workers))
         per_reading, per_forecast = redis_bytes(
             client, [f"worker-{d:04d}" for d in range(args.devices)]
         )
@@ -225,7 +240,7 @@ def main() -> int:
     print(f"{args.devices} forecasts per run, {args.points} readings each (one core per worker)")
     header = ("run", "fc/s", "wall s", "p50 s", "p95 s", "p99 s", "max s", "peak MiB")
     print(f"{header[0]:9}" + "".join(f"{h:>9}" for h in header[1:]))
-    for r in (baseline, worker):
+    for r in runs:
         figures = (r["per_second"], r["wall"], r["p50"], r["p95"], r["p99"], r["max"])
         print(f"{r['name']:9}" + "".join(f"{x:9.2f}" for x in figures) + f"{r['peak_mib']:9.0f}")
     print(f"Redis: {per_reading:.0f} B per reading, {per_forecast:.0f} B stored per forecast")
@@ -233,6 +248,11 @@ def main() -> int:
         f"worker/baseline throughput: {worker['per_second'] / baseline['per_second']:.2f} "
         f"(fork per job, job timeout); worker start-up and drain: {worker['wall']:.1f} s wall"
     )
+    if len(runs) == 3:
+        print(
+            f"{args.workers} workers / 1 worker throughput: "
+            f"{runs[2]['per_second'] / worker['per_second']:.2f} on {os.cpu_count()} cores"
+        )
     return 0
 
 

@@ -170,13 +170,18 @@ def test_dashboard_in_chromium_shows_the_selected_devices_data(
             assert page.evaluate(SOURCE_JS, "fleet")["device_id"] == devices
 
             page.select_option("select", device)
+            # Every device has readings at the same times, so wait for this device's
+            # values, not just for as many rows: the plot may still show the last one.
             page.wait_for_function(
-                """([device, n]) => {
+                """([device, n, temperatures]) => {
                     const doc = Bokeh.documents[0];
+                    const source = doc.get_model_by_name('readings');
                     return doc.get_model_by_name('device').value == device
-                        && rows('readings') == n && rows('forecast') > 0;
+                        && rows('readings') == n && rows('forecast') > 0
+                        && JSON.stringify(Array.from(source.data.temperature))
+                           == JSON.stringify(temperatures);
                 }""",
-                arg=[device, len(readings)],
+                arg=[device, len(readings), [r["temperature"] for r in readings]],
                 timeout=20_000,
             )
             shown = page.evaluate(SOURCE_JS, "readings")
