@@ -4,9 +4,14 @@ Each worker holds the job-manager tables of its own partitions only, so:
 ``GET /devices/local/`` answers for the devices this worker is active for;
 ``GET /devices/`` asks every worker that holds a partition (from the partition
 assignor's table metadata) and merges their answers, so any worker answers
-for the whole fleet; ``GET /devices/{id}/`` is routed by Faust to the worker
-that owns the device's key. Newest reading times and forecasts come from
-Redis, which every worker can read.
+for the whole fleet; ``GET /devices/{id}/`` is answered by, or forwarded to,
+the worker that owns the device's key. Newest reading times and forecasts come
+from Redis, which every worker can read.
+
+Ownership comes from Faust's partition assignor; the key's partition is computed
+here with Kafka's default partitioner rather than with ``app.router`` /
+``table_route``, which ask the producer's metadata for the changelog topic and
+fail while the producer has not written to it (always, under exactly_once).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import logging
 import time
 from typing import Any
 
+from aiokafka.partitioner import DefaultPartitioner
+from faust.types import TP
 from faust.web import Request, Response, View
 
 from pipeline.accuracy import device_accuracy
@@ -29,10 +36,31 @@ store = AsyncStore.from_url(settings.redis_url)
 INCOMPLETE_HEADER = "X-Devices-Incomplete"
 
 
+_partitioner = DefaultPartitioner()
+
+
+def _changelog() -> str:
+    return last_processed.changelog_topic.get_topic_name()
+
+
+def _partition_of(device_id: str) -> int:
+    """The partition of a device's key, as Kafka's default (murmur2) partitioner picks it."""
+    partitions = list(range(settings.topic_partitions))
+    return _partitioner(device_id.encode(), partitions, partitions)
+
+
 def _owned_here(device_id: str) -> bool:
     """Whether this worker is the active owner of the device's table partition."""
-    owner = app.router.key_store(last_processed.name, device_id)
-    return str(owner).rstrip("/") == str(app.conf.canonical_url).rstrip("/")
+    return app.assignor.is_active(TP(_changelog(), _partition_of(device_id)))
+
+
+def _owner_url(device_id: str) -> str | None:
+    """Web address of the worker that owns the device, if the assignment is known."""
+    partition = _partition_of(device_id)
+    for host, topics in app.assignor.table_metadata(_changelog()).items():
+        if partition in topics.get(_changelog(), ()):
+            return str(host).rstrip("/")
+    return None
 
 
 def device_status(
@@ -81,7 +109,7 @@ async def devices(web: View, request: Request) -> Response:
     missing and the ``X-Devices-Incomplete`` header names it.
     """
     own_url = str(app.conf.canonical_url).rstrip("/")
-    peers = {str(url).rstrip("/") for url in app.router.table_metadata(last_processed.name)}
+    peers = {str(url).rstrip("/") for url in app.assignor.table_metadata(_changelog())}
     entries = await local_statuses()
     unreachable = []
     for peer in sorted(peers - {own_url}):
@@ -98,9 +126,18 @@ async def devices(web: View, request: Request) -> Response:
 
 
 @app.page("/devices/{device_id}/")
-@app.table_route(table=last_processed, match_info="device_id")
 async def device(web: View, request: Request, device_id: str) -> Response:
     """One device's status plus its latest forecast (``ds`` in epoch seconds)."""
+    if not _owned_here(device_id):
+        owner = _owner_url(device_id)
+        if owner is None or owner == str(app.conf.canonical_url).rstrip("/"):
+            return web.json({"error": "partition assignment in progress, retry"}, status=503)
+        async with app.http_client.get(f"{owner}/devices/{device_id}/", timeout=5) as response:
+            return web.text(
+                await response.text(),
+                content_type=response.content_type,
+                status=response.status,
+            )
     if device_id not in last_processed:
         return web.json({"error": f"unknown device {device_id!r}"}, status=404)
     latest = await store.latest_forecast(device_id)
