@@ -32,6 +32,8 @@ import time
 import uuid
 from pathlib import Path
 
+from kafka_tools import create_topic, delete_prefix, peak_rss_mib  # beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_DB = 12
 START = 1_714_521_600.0
@@ -63,14 +65,8 @@ def backlog(devices: int, readings: int, repeat: float, late: float, seed: int) 
 
 async def produce(bootstrap: str, topic: str, partitions: int, messages: list) -> None:
     from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, topic, partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
     await producer.start()
     try:
@@ -117,26 +113,6 @@ async def committed_count(bootstrap: str, group: str, topic: str) -> int:
     finally:
         await admin.close()
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
-
-
-async def delete_prefix(bootstrap: str, prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run_mode(mode: str, args: argparse.Namespace, messages: list, expected: int) -> dict:

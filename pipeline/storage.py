@@ -200,8 +200,7 @@ class AsyncStore:
 
     async def newest_time(self, device_id: str) -> float | None:
         """Event time of the newest stored reading of a device, if any."""
-        newest = await self.client.zrange(self.keys.readings(device_id), -1, -1, withscores=True)
-        return float(newest[0][1]) if newest else None
+        return (await self.newest_times([device_id]))[device_id]
 
     async def latest_forecast(self, device_id: str) -> dict[str, Any] | None:
         raw = await self.client.get(self.keys.latest_forecast(device_id))

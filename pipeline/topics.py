@@ -7,57 +7,38 @@ after ingest carries validated JSON records (see ``pipeline.records``).
 
 from __future__ import annotations
 
+from typing import Any
+
+from faust.types import TopicT
+
 from pipeline.accuracy import Anomaly
 from pipeline.app import app, settings
 from pipeline.records import PredictionJob, Reading, RejectedReading, ReplayRequest
 
-raw_readings_topic = app.topic(
-    settings.topic("readings-raw"),
-    key_type=str,
-    value_serializer="raw",
-    partitions=settings.topic_partitions,
-    internal=True,
-)
 
-readings_topic = app.topic(
-    settings.topic("readings"),
-    key_type=str,
-    value_type=Reading,
-    partitions=settings.topic_partitions,
-    internal=True,
-)
+def _device_topic(name: str, **types: Any) -> TopicT:
+    """A pipeline topic keyed by device id, created by the workers with the
+    configured partitions, so every topic is co-partitioned with the tables."""
+    return app.topic(
+        settings.topic(name),
+        key_type=str,
+        partitions=settings.topic_partitions,
+        internal=True,
+        **types,
+    )
 
-jobs_topic = app.topic(
-    settings.topic("jobs"),
-    key_type=str,
-    value_type=PredictionJob,
-    partitions=settings.topic_partitions,
-    internal=True,
-)
 
-deadletter_topic = app.topic(
-    settings.topic("readings-deadletter"),
-    key_type=str,
-    value_type=RejectedReading,
-    partitions=settings.topic_partitions,
-    internal=True,
-)
+raw_readings_topic = _device_topic("readings-raw", value_serializer="raw")
 
-replay_topic = app.topic(
-    settings.topic("replay-requests"),
-    key_type=str,
-    value_type=ReplayRequest,
-    partitions=settings.topic_partitions,
-    internal=True,
-)
+readings_topic = _device_topic("readings", value_type=Reading)
 
-anomalies_topic = app.topic(
-    settings.topic("anomalies"),
-    key_type=str,
-    value_type=Anomaly,
-    partitions=settings.topic_partitions,
-    internal=True,
-)
+jobs_topic = _device_topic("jobs", value_type=PredictionJob)
+
+deadletter_topic = _device_topic("readings-deadletter", value_type=RejectedReading)
+
+replay_topic = _device_topic("replay-requests", value_type=ReplayRequest)
+
+anomalies_topic = _device_topic("anomalies", value_type=Anomaly)
 
 
 @app.task

@@ -141,7 +141,7 @@ async def device(web: View, request: Request, device_id: str) -> Response:
     if device_id not in last_processed:
         return web.json({"error": f"unknown device {device_id!r}"}, status=404)
     latest = await store.latest_forecast(device_id)
-    newest = (await store.newest_times([device_id]))[device_id]
+    newest = await store.newest_time(device_id)
     entry = device_status(device_id, newest, latest, time.time())
     entry["forecast"] = (
         {

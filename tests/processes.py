@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -13,6 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+
+
+def isolated_env(broker: str, redis_url: str, topic_prefix: str, sim_port: int) -> dict[str, str]:
+    """Environment for a test's own pipeline: its topics, consumer group and queue,
+    the simulator on ``sim_port`` with a fresh API key, and no PIPELINE_* leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env.update(
+        PIPELINE_BROKER=broker,
+        PIPELINE_REDIS_URL=redis_url,
+        PIPELINE_SOURCE_URL=f"http://127.0.0.1:{sim_port}/api/v2",
+        PIPELINE_SOURCE_API_KEY=secrets.token_hex(12),
+        PIPELINE_APP_ID=f"{topic_prefix}app",
+        PIPELINE_TOPIC_PREFIX=topic_prefix,
+        PIPELINE_QUEUE_NAME=f"{topic_prefix}forecasts",
+        PIPELINE_POLL_SECONDS="1",
+    )
+    return env
 
 
 def free_port() -> int:

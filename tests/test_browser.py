@@ -12,7 +12,6 @@ README shows.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import redis
 
 from pipeline.storage import Store
 from tests.kafka_util import delete_topics
-from tests.processes import BIN, Process, free_port, http_ok, wait_for
+from tests.processes import BIN, Process, free_port, http_ok, isolated_env, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.services]
 
@@ -70,16 +69,8 @@ def system(base_settings, own_redis, topic_prefix, tmp_path):
     """The whole pipeline plus the dashboard, started and stopped around the test."""
     redis_url, _ = own_redis
     sim_port, web_port, dash_port = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env = isolated_env(base_settings.broker, redis_url, topic_prefix, sim_port)
     env.update(
-        PIPELINE_BROKER=base_settings.broker,
-        PIPELINE_REDIS_URL=redis_url,
-        PIPELINE_SOURCE_URL=f"http://127.0.0.1:{sim_port}/api/v2",
-        PIPELINE_SOURCE_API_KEY=secrets.token_hex(12),
-        PIPELINE_APP_ID=f"{topic_prefix}app",
-        PIPELINE_TOPIC_PREFIX=topic_prefix,
-        PIPELINE_QUEUE_NAME=f"{topic_prefix}forecasts",
-        PIPELINE_POLL_SECONDS="1",
         PIPELINE_JOB_WINDOW_SECONDS=str(WINDOW),
         PIPELINE_TRAINING_SECONDS=str(6 * 3600),
         PIPELINE_HORIZON_SECONDS="3600",

@@ -5,8 +5,6 @@ set of readings is known and the expected jobs follow from window arithmetic."""
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import urllib.request
 from collections import Counter, defaultdict
 from datetime import datetime
@@ -16,7 +14,7 @@ import pytest
 from pipeline.storage import Store
 from pipeline.windowing import expected_windows
 from tests.kafka_util import delete_topics, read_topic
-from tests.processes import BIN, Process, free_port, http_ok, wait_for
+from tests.processes import BIN, Process, free_port, http_ok, isolated_env, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.services]
 
@@ -51,16 +49,8 @@ def simulator_readings(url: str, api_key: str) -> dict[str, set[float]]:
 @pytest.fixture
 def e2e_env(base_settings, redis_url, redis_client, topic_prefix, tmp_path):
     sim_port, web_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env = isolated_env(base_settings.broker, redis_url, topic_prefix, sim_port)
     env.update(
-        PIPELINE_BROKER=base_settings.broker,
-        PIPELINE_REDIS_URL=redis_url,
-        PIPELINE_SOURCE_URL=f"http://127.0.0.1:{sim_port}/api/v2",
-        PIPELINE_SOURCE_API_KEY=secrets.token_hex(12),
-        PIPELINE_APP_ID=f"{topic_prefix}app",
-        PIPELINE_TOPIC_PREFIX=topic_prefix,
-        PIPELINE_QUEUE_NAME=f"{topic_prefix}forecasts",
-        PIPELINE_POLL_SECONDS="1",
         PIPELINE_JOB_WINDOW_SECONDS=str(WINDOW),
         PIPELINE_TRAINING_SECONDS=str(6 * 3600),
         PIPELINE_HORIZON_SECONDS="3600",

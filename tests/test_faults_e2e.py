@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import secrets
 import shutil
 import socket
 import tempfile
@@ -39,7 +38,7 @@ from pipeline.settings import Settings, load_settings
 from pipeline.source.faults import ALL_FAULTS, parse_faults
 from pipeline.source.simulator import SimulatorConfig, _clock, device_ids, fault_plan
 from tests.kafka_util import read_topic
-from tests.processes import BIN, Process, free_port, http_ok, wait_for
+from tests.processes import BIN, Process, free_port, http_ok, isolated_env, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -149,16 +148,8 @@ def test_every_valid_reading_once_despite_faults_kills_and_a_kafka_restart(
     rng = random.Random()
     sim_port = free_port()
     start = (time.time() // INTERVAL) * INTERVAL
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env = isolated_env(private_kafka.broker, redis_db, topic_prefix, sim_port)
     env.update(
-        PIPELINE_BROKER=private_kafka.broker,
-        PIPELINE_REDIS_URL=redis_db,
-        PIPELINE_SOURCE_URL=f"http://127.0.0.1:{sim_port}/api/v2",
-        PIPELINE_SOURCE_API_KEY=secrets.token_hex(12),
-        PIPELINE_APP_ID=f"{topic_prefix}app",
-        PIPELINE_TOPIC_PREFIX=topic_prefix,
-        PIPELINE_QUEUE_NAME=f"{topic_prefix}forecasts",
-        PIPELINE_POLL_SECONDS="1",
         PIPELINE_SOURCE_TIMEOUT_SECONDS="0.5",
         PIPELINE_SOURCE_ATTEMPTS="3",
         PIPELINE_SOURCE_BACKOFF_SECONDS="0.05",

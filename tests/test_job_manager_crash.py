@@ -21,7 +21,7 @@ from pipeline.queue import job_id_for, make_queue
 from pipeline.settings import load_settings
 from pipeline.windowing import expected_windows
 from tests.kafka_util import delete_topics, read_topic
-from tests.processes import BIN, Process, free_port, http_ok, wait_for
+from tests.processes import BIN, Process, free_port, http_ok, isolated_env, wait_for
 from tests.test_end_to_end import simulator_readings
 
 pytestmark = [
@@ -94,16 +94,8 @@ def test_killed_worker_loses_and_repeats_no_job(
 ):
     rng = random.Random(os.environ.get("CRASH_TEST_SEED", secrets.randbits(32)))
     sim_port, port_a, port_b = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env = isolated_env(base_settings.broker, redis_url, topic_prefix, sim_port)
     env.update(
-        PIPELINE_BROKER=base_settings.broker,
-        PIPELINE_REDIS_URL=redis_url,
-        PIPELINE_SOURCE_URL=f"http://127.0.0.1:{sim_port}/api/v2",
-        PIPELINE_SOURCE_API_KEY=secrets.token_hex(12),
-        PIPELINE_APP_ID=f"{topic_prefix}app",
-        PIPELINE_TOPIC_PREFIX=topic_prefix,
-        PIPELINE_QUEUE_NAME=f"{topic_prefix}forecasts",
-        PIPELINE_POLL_SECONDS="1",
         PIPELINE_JOB_WINDOW_SECONDS=str(WINDOW),
         PIPELINE_SESSION_TIMEOUT_SECONDS="8",
         PIPELINE_WEB_HOST="127.0.0.1",
