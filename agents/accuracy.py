@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
 
 from pipeline.accuracy import AccuracyTracker, Outcome
 from pipeline.app import app, settings
+from pipeline.connections import redis_client
 from pipeline.retry import retry_until_done
+from pipeline.settings import SERVED_MODEL
 from pipeline.source.metrics import metrics as served_metrics
 from pipeline.topics import anomalies_topic, readings_topic
 
@@ -73,8 +74,8 @@ class AccuracyMetrics:
 
 metrics = AccuracyMetrics(served_metrics.registry)  # served at /metrics with the others
 tracker = AccuracyTracker(
-    aioredis.Redis.from_url(settings.redis_url, socket_timeout=10),
-    models=list(settings.models),
+    redis_client(settings, asyncio=True, socket_timeout=10),
+    models=list(dict.fromkeys([*settings.models, SERVED_MODEL])),
     margin=settings.anomaly_margin,
 )
 

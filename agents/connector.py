@@ -37,11 +37,12 @@ import aiohttp
 import mode
 
 from pipeline.app import app, settings
+from pipeline.connections import ca_file
 from pipeline.retry import TRANSIENT
 from pipeline.source.backoff import Backoff
-from pipeline.source.metrics import metrics, register_page
+from pipeline.source.metrics import metrics
 from pipeline.source.rate_limit import TokenBucket
-from pipeline.source.sensibo import RawReading, SensiboClient, SourceError
+from pipeline.source.sensibo import RawReading, SensiboClient, SourceError, open_session
 from pipeline.storage import AsyncStore
 from pipeline.topics import raw_readings_topic
 
@@ -117,12 +118,12 @@ class DevicePoller(mode.Service):
         self._cursors: dict[str, Cursor] = {}
         self._session: aiohttp.ClientSession | None = None
         self._client: SensiboClient | None = None
-        self._store = AsyncStore.from_url(settings.redis_url)
+        self._store = AsyncStore.from_settings(settings)
         self._api_now: float | None = None
 
     async def on_start(self) -> None:
         settings.require("source_api_key")
-        self._session = aiohttp.ClientSession()
+        self._session = open_session(ca_file(settings, "source_ca_file"))
         self._client = SensiboClient(
             settings.source_url,
             settings.source_api_key,
@@ -252,6 +253,3 @@ class DevicePoller(mode.Service):
             for r, res in zip(readings, results, strict=True)
             if not isinstance(res, BaseException)
         ]
-
-
-register_page(app, metrics)

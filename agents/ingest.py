@@ -35,7 +35,7 @@ from tables.pointers import last_ingested
 
 log = logging.getLogger(__name__)
 
-store = AsyncStore.from_url(settings.redis_url)
+store = AsyncStore.from_settings(settings)
 dedup = DedupState(
     ingest_seen,
     settings.dedup_horizon_seconds,

@@ -2,9 +2,12 @@
 
 Per device, the ``last-processed`` table holds the event time where the last
 window closed (``pipeline.windowing`` has the rule; the window length and the
-model may be set per device). When a reading closes a window, the job is
-enqueued by dotted path with a deterministic id and an idempotent enqueue, so
-a reading redelivered after a crash or a rebalance enqueues nothing new. The
+model may be set per device). When a reading may close a window, the stored
+readings in Redis settle which windows close (``catch_up``): a pointer restored
+behind the jobs already enqueued, or readings the stream skipped after a crash
+or a takeover, change nothing. Each job is enqueued by dotted path with a
+deterministic id and an idempotent enqueue, so a reading redelivered after a
+crash or a rebalance enqueues nothing new. The
 audit copy goes to the ``jobs`` topic once its delivery is acknowledged it is
 recorded in Redis, so a redelivered reading does not audit the job again
 (only a crash in the instant between the acknowledgement and the record can
@@ -17,20 +20,22 @@ import asyncio
 import logging
 import time
 
-import redis
-
 from pipeline.app import app, settings
+from pipeline.connections import redis_client
 from pipeline.queue import enqueue_prediction, job_id_for, make_queue
 from pipeline.records import PredictionJob, Reading
 from pipeline.retry import retry_until_done
-from pipeline.storage import Keys
+from pipeline.source.metrics import metrics as served_metrics
+from pipeline.storage import Keys, Store
+from pipeline.stream_metrics import JobManagerMetrics
 from pipeline.topics import jobs_topic, readings_topic
-from pipeline.windowing import decide
+from pipeline.windowing import windows_through
 from tables.pointers import jobs_emitted, last_processed, last_seen_wall, late_readings
 
 log = logging.getLogger(__name__)
 
-queue = make_queue(settings, redis.Redis.from_url(settings.redis_url, socket_timeout=10))
+queue = make_queue(settings, redis_client(settings, socket_timeout=10))
+metrics = JobManagerMetrics(served_metrics.registry)  # served at /metrics with the others
 
 
 def job_for(device_id: str, window: tuple[float, float]) -> PredictionJob:
@@ -71,15 +76,41 @@ async def deploy(job: PredictionJob) -> bool:
         log,
     )
     log.info(
-        "job %s device=%s window=%.0f..%.0f model=%s %s",
+        "job %s window=%.0f..%.0f model=%s %s",
         job.job_id,
-        job.device_id,
         job.window_start,
         job.window_end,
         job.model,
         "enqueued" if enqueued else "already enqueued",
+        extra={"device_id": job.device_id, "job_id": job.job_id},
     )
     return enqueued
+
+
+def catch_up(device_id: str, pointer: float | None, until: float) -> tuple[float | None, list]:
+    """The pointer and the windows to deploy once the device's readings up to ``until``
+    are applied, with Redis as the record of what happened.
+
+    Called when a reading may close a window (or the device has no pointer). The
+    table's pointer can be behind what was already done, or the stream can have
+    skipped readings, after a crash or a takeover (a changelog write or a reading
+    not committed in time). Redis knows both: the pointer is at least the latest
+    window end ever enqueued (``job-windows:{d}``), a device without a pointer
+    starts at its first stored reading, and windows close at the stored readings
+    up to ``until`` (ingest stores each reading before forwarding it). So a worker
+    deploys the windows the arithmetic over all readings gives, whichever readings
+    its stream redelivered or missed.
+    """
+    store = Store(queue.connection)
+    enqueued = store.last_enqueued_window_end(device_id)
+    if enqueued is not None and (pointer is None or enqueued > pointer):
+        pointer = enqueued
+    if pointer is None:
+        pointer = store.first_time(device_id)
+    if pointer is None or until <= pointer:
+        return (until if pointer is None else pointer), []
+    times = [*store.times_between(device_id, pointer, until), until]
+    return windows_through(pointer, times, settings.window_for(device_id), settings.start_time)
 
 
 @app.agent(readings_topic)
@@ -88,22 +119,26 @@ async def manage_jobs(stream) -> None:
     reading: Reading
     async for reading in stream:
         device = reading.device_id
-        decision = decide(
-            last_processed.get(device),
-            reading.time,
-            settings.window_for(device),
-            settings.start_time,
-        )
-        if decision.late:
+        pointer = last_processed.get(device)
+        if pointer is not None and reading.time <= pointer:
             late_readings[device] += 1
+            metrics.late_readings.labels(device=device).inc()
             continue
         now = time.time()
         if now - last_seen_wall.get(device, 0.0) >= 1.0:  # one changelog write a second at most
             last_seen_wall[device] = now
-        if decision.window is not None:
-            job = job_for(device, decision.window)
+        if pointer is not None and reading.time - pointer < settings.window_for(device):
+            continue  # no window can close: nothing to look up
+        new_pointer, windows = await retry_until_done(
+            lambda d=device, p=pointer, t=reading.time: asyncio.to_thread(catch_up, d, p, t),
+            f"reading the stored readings of {device}",
+            log,
+        )
+        for window in windows:
+            job = job_for(device, window)
             await deploy(job)
             if await audit(job):
                 jobs_emitted[device] += 1
-        if decision.pointer is not None:
-            last_processed[device] = decision.pointer
+                metrics.jobs_emitted.labels(device=device, model=job.model).inc()
+        if new_pointer is not None and new_pointer != pointer:
+            last_processed[device] = new_pointer

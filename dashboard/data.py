@@ -32,6 +32,7 @@ from dashboard import quality
 from dashboard.faust_view import Pointers, fetch_pointers
 from dashboard.kafka_offsets import KafkaProbe, KafkaUnavailable
 from dashboard.queue_state import JobsState, parse_job_id, read_jobs
+from pipeline.connections import bootstrap_servers, kafka_client_kwargs, redis_client
 from pipeline.settings import Settings
 from pipeline.storage import Store
 
@@ -43,10 +44,10 @@ MAX_ANOMALIES = 500  # per device on screen
 PAST_FORECASTS = 4  # earlier forecasts drawn against what happened
 
 
-def connect(redis_url: str) -> Store:
+def connect(settings: Settings) -> Store:
     """A Store that fails fast: an outage shows as a status, the next refresh is the retry."""
-    client = redis.Redis.from_url(
-        redis_url,
+    client = redis_client(
+        settings,
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         socket_timeout=REDIS_TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), 0),
@@ -379,11 +380,12 @@ def shared_poller(settings: Settings) -> Poller:
         poller = _shared.get(key)
         if poller is None:
             kafka = KafkaProbe(
-                settings.broker.removeprefix("kafka://"),
+                bootstrap_servers(settings),
                 settings.app_id,
                 [settings.topic("readings-raw"), settings.topic("readings")],
+                security=kafka_client_kwargs(settings),
             )
-            poller = _shared[key] = Poller(settings, connect(settings.redis_url), kafka)
+            poller = _shared[key] = Poller(settings, connect(settings), kafka)
         return poller
 
 

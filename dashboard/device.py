@@ -95,6 +95,24 @@ def accuracy_html(figures: dict[str, Accuracy]) -> str:
     )
 
 
+def selection_text(forecast: dict[str, Any]) -> str:
+    """Why this forecast is served (model ``auto``): its weights, reason and calibration."""
+    served = forecast.get("served")
+    if not served:
+        return ""
+    weights = ", ".join(f"{html.escape(m)} {w:.0%}" for m, w in served["weights"].items())
+    calibration = served.get("calibration", {})
+    if calibration.get("applied"):
+        calibrated = (
+            f"interval calibrated on {calibration['scores']} recent readings "
+            f"(raw coverage {calibration['raw_coverage']:.0%}, "
+            f"nominal {calibration['nominal_coverage']:.0%})"
+        )
+    else:
+        calibrated = "interval not calibrated yet (too few recent readings scored)"
+    return f" · served: {weights}: {html.escape(served['reason'])}; {calibrated}"
+
+
 class DevicePanel:
     """Widgets and sources of the device view, and the cursor of what they show."""
 
@@ -249,5 +267,6 @@ class DevicePanel:
             made = (
                 f"forecast by {html.escape(str(forecast.get('model_version', 'unknown model')))}, "
                 f"trained until {utc(forecast['trained_until'])}"
+                f"{selection_text(forecast)}"
             )
         return f"newest reading {newest} · {made}"

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -39,12 +41,23 @@ class TopicOffsets:
 
 
 class KafkaProbe:
-    """Reads end offsets and a consumer group's lag; safe to call from any thread."""
+    """Reads end offsets and a consumer group's lag; safe to call from any thread.
 
-    def __init__(self, bootstrap: str, group_id: str, topics: list[str]) -> None:
+    ``security`` holds aiokafka's security arguments for a secured broker (see
+    ``pipeline.connections.kafka_client_kwargs``).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        topics: list[str],
+        security: Mapping[str, Any] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.topics = topics
+        self.security = dict(security or {})
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -83,11 +96,13 @@ class KafkaProbe:
                 enable_auto_commit=False,
                 request_timeout_ms=timeout_ms,
                 client_id="sensor-forecasts-dashboard",
+                **self.security,
             )
             admin = AIOKafkaAdminClient(
                 bootstrap_servers=self.bootstrap,
                 request_timeout_ms=timeout_ms,
                 client_id="sensor-forecasts-dashboard",
+                **self.security,
             )
             try:
                 await asyncio.wait_for(consumer.start(), TIMEOUT_SECONDS)

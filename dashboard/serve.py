@@ -9,18 +9,35 @@ limited to the local host names unless told otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from bokeh.application import Application
 from bokeh.application.handlers import DirectoryHandler
 from bokeh.server.server import Server
+from tornado.web import RequestHandler
 
 from pipeline.settings import CONFIG_ENV, load_settings
 
+log = logging.getLogger(__name__)
+
 APP_DIR = Path(__file__).resolve().parent
 APP_PATH = "/dashboard"  # the path `bokeh serve dashboard/` uses too
+HEALTH_PATH = "/healthz"
+
+
+class HealthHandler(RequestHandler):
+    """``GET /healthz``: the server's loop answers HTTP (liveness and readiness probes).
+
+    Opening ``/dashboard`` itself would build a whole Bokeh session per probe.
+    """
+
+    def get(self) -> None:
+        self.write({"status": "ok"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,17 +93,20 @@ def run(args: argparse.Namespace) -> int:
             port=port,
             address=args.address,
             allow_websocket_origin=origins,
+            extra_patterns=[(HEALTH_PATH, HealthHandler)],
         )
     except OSError as exc:
         print(f"dashboard: cannot listen on {args.address}:{port}: {exc}", file=sys.stderr)
         return 1
     server.start()
+    # SIGTERM (docker stop, Kubernetes) stops the loop like Ctrl-C: sessions close, exit 0.
+    server.io_loop.asyncio_loop.add_signal_handler(signal.SIGTERM, server.io_loop.stop)
     shown_host = "localhost" if args.address in ("0.0.0.0", "::") else args.address
     print(f"Dashboard at http://{shown_host}:{port}{APP_PATH}", flush=True)
     try:
-        server.io_loop.start()
-    except KeyboardInterrupt:
-        print("dashboard: stopping", file=sys.stderr)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.io_loop.start()
     finally:
+        log.info("dashboard stopping")
         server.stop()
     return 0

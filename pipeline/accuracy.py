@@ -1,20 +1,20 @@
 """Online forecast accuracy and anomalies: each reading scored against the
 forecasts that covered its time.
 
-For every registered model, a reading at time t is compared with that model's
-newest forecast trained on data before t (``forecast-index:{d}:{m}``, written by
-the prediction jobs) if that forecast reaches t: the expected value and band
-are interpolated linearly between forecast points (a reading before the first
-point takes the first point). Per device and model, Redis keeps the running
-sums behind MAE, MAPE and the share of readings inside the interval, beside the
-nominal share they should reach. MAPE skips readings closer to zero than
-``MAPE_FLOOR`` (Celsius readings cross zero, and an error relative to 0.01 is
-meaningless).
+For every registered model (and ``auto``, the served forecast), a reading at
+time t is compared with that model's newest forecast trained on data before t
+(``forecast-index:{d}:{m}``, written by the prediction jobs) if that forecast
+reaches t: the expected value and band are interpolated linearly between
+forecast points (a reading before the first point takes the first point). Per
+device and model, Redis keeps the running sums behind MAE, MAPE and the share
+of readings inside the interval, beside the nominal share they should reach.
+MAPE skips readings closer to zero than ``MAPE_FLOOR`` (Celsius readings cross
+zero, and an error relative to 0.01 is meaningless).
 
-A reading outside the band of the newest covering forecast (of any model) by
-more than the ``anomaly_margin`` setting is an anomaly: returned as an
-``Anomaly`` record (the agent publishes it), kept in ``anomalies:{d}`` and
-counted in ``anomaly-counts``.
+A reading outside the band of the newest covering forecast (of any model; the
+served one when several are equally new) by more than the ``anomaly_margin``
+setting is an anomaly: returned as an ``Anomaly`` record (the agent publishes
+it), kept in ``anomalies:{d}`` and counted in ``anomaly-counts``.
 
 Updates are idempotent: the event times of the newest ``SCORED_KEPT`` readings
 scored per device are remembered (``accuracy-scored:{d}``), so a redelivered
@@ -35,6 +35,7 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 
+from pipeline.settings import SERVED_MODEL
 from pipeline.storage import Keys
 
 MAPE_FLOOR = 1.0
@@ -189,8 +190,9 @@ class AccuracyTracker:
             scores[model] = Score(error, expected.lower <= value <= expected.upper)
             inside = int(scores[model].inside)
             args += [model, error, ape, inside, forecast.get("interval_width", "")]
-        model, (forecast, expected) = max(
-            covering.items(), key=lambda item: item[1][0]["trained_until"]
+        model, (forecast, expected) = max(  # on a tie, the served (calibrated) forecast
+            covering.items(),
+            key=lambda item: (item[1][0]["trained_until"], item[0] == SERVED_MODEL),
         )
         anomaly = None
         if outside_by(value, expected) > self.margin:
@@ -254,7 +256,13 @@ class AccuracyTracker:
                 self._parsed.move_to_end((device_id, job_id))
                 found[job_id] = cached
         if missing:
-            raw = await self.client.hmget(self.keys.forecasts(device_id), missing)
+            # A candidate of an auto job (pipeline.prediction.serving) is kept apart from
+            # the served forecasts; a job id is in one hash or the other.
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self.keys.forecasts(device_id), missing)
+                pipe.hmget(self.keys.candidate_forecasts(device_id), missing)
+                served, candidates = await pipe.execute()
+            raw = [s if s is not None else c for s, c in zip(served, candidates, strict=True)]
             for job_id, doc in zip(missing, raw, strict=True):
                 if doc is None:
                     continue

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import faust
 
+from pipeline.connections import faust_broker_credentials
+from pipeline.logs import faust_logging_config
 from pipeline.settings import Settings, SettingsError, load_settings
 
 
@@ -23,6 +25,7 @@ def create_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=settings.broker,
+        broker_credentials=faust_broker_credentials(settings),
         store=f"{settings.table_store}://",
         table_standby_replicas=settings.standby_replicas,
         broker_session_timeout=settings.session_timeout_seconds,
@@ -41,6 +44,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_metadata_max_age_ms=5000,
         key_serializer="raw",
         value_serializer="json",
+        logging_config=faust_logging_config(settings),
     )
 
 
@@ -53,4 +57,4 @@ app = create_app(settings)
 
 # Registration by import: topics, tables, agents and views attach to `app`.
 from agents import accuracy, connector, ingest, job_manager, replay  # noqa: E402, F401
-from pipeline import views  # noqa: E402, F401
+from pipeline import metrics_view, probes, views  # noqa: E402, F401

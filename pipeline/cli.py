@@ -8,12 +8,11 @@ start a stream worker, as Faust users expect.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from pipeline import replay_command, settings_command, stack
+from pipeline import backtest, logs, replay_command, settings_command, stack
 from pipeline.services import ServiceError
-from pipeline.settings import SettingsError
+from pipeline.settings import Settings, SettingsError, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,15 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     health.register(commands)
     replay_command.register(commands)
     settings_command.register(commands)
+    backtest.register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        logs.configure(load_settings(args.config), args.log_level)
+    except SettingsError:
+        logs.configure(Settings(), args.log_level)  # the handler reports the bad setting
     try:
         return int(args.handler(args) or 0)
     except SettingsError as exc:

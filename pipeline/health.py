@@ -3,10 +3,13 @@
 One check per role, cheap enough to run every few seconds, for Docker's
 HEALTHCHECK, Compose and Kubernetes exec probes:
 
-- ``stream-worker``: the Faust web view answers ``GET /devices/`` (web_port);
+- ``stream-worker``: the Faust web view answers ``GET /livez`` (web_port);
+  with ``--ready``, ``GET /readyz``: not rebalancing, tables recovered;
 - ``prediction-worker``: an RQ worker of this host is registered for the
-  queue (queue_name) and its heartbeat is recent;
-- ``dashboard``: the Bokeh server accepts connections (dashboard_port);
+  queue (queue_name) and its heartbeat is recent (it serves no requests, so
+  ready means alive);
+- ``dashboard``: the Bokeh server accepts connections (dashboard_port); with
+  ``--ready``, it answers ``GET /healthz``;
 - ``simulator``: the device API simulator answers ``GET /healthz``.
 
 Without ROLE the role (and a ``--port`` it was given) is read from the
@@ -108,9 +111,9 @@ def _prediction_worker(settings, max_age: float, timeout: float) -> str:
     import redis
     from rq import Queue, Worker
 
-    connection = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
-    )
+    from pipeline.connections import redis_client
+
+    connection = redis_client(settings, socket_connect_timeout=timeout, socket_timeout=timeout)
     kwargs = connection.connection_pool.connection_kwargs
     where = "{}:{}/{}".format(kwargs.get("host"), kwargs.get("port"), kwargs.get("db"))
     try:
@@ -145,11 +148,16 @@ def check(role: str, args: argparse.Namespace) -> str:
         return url
     settings = load_settings(args.config)
     if role == "stream-worker":
-        url = f"http://{args.host}:{args.port or settings.web_port}/devices/"
+        path = "/readyz" if args.ready else "/livez"
+        url = f"http://{args.host}:{args.port or settings.web_port}{path}"
         _http_ok(url, args.timeout)
         return url
     if role == "dashboard":
         port = args.port or settings.dashboard_port
+        if args.ready:
+            url = f"http://{args.host}:{port}/healthz"
+            _http_ok(url, args.timeout)
+            return url
         _port_open(args.host, port, args.timeout)
         return f"{args.host}:{port}"
     worker = _prediction_worker(settings, args.max_heartbeat_age, args.timeout)
@@ -200,6 +208,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=3.0,
         help="seconds to wait for an answer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ready",
+        action="store_true",
+        help="check readiness instead of liveness: stream-worker /readyz (group settled, "
+        "tables recovered), dashboard /healthz; the other roles are ready when alive",
     )
     parser.add_argument(
         "--max-heartbeat-age",

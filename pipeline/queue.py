@@ -59,8 +59,7 @@ def enqueue_prediction(queue: Queue, settings: Settings, job: PredictionJob) -> 
     job is never enqueued twice even after RQ has expired its hash.
     """
     connection = queue.connection
-    record = Keys().jobs(job.device_id)
-    if connection.sismember(record, job.job_id):
+    if connection.sismember(Keys().jobs(job.device_id), job.job_id):
         log.info("job %s already enqueued once, skipping", job.job_id)
         return False
     if queue.name != settings.queue_for(job.model):
@@ -69,16 +68,26 @@ def enqueue_prediction(queue: Queue, settings: Settings, job: PredictionJob) -> 
         _enqueue_unique(queue, settings, job)
     except DuplicateJobError:
         log.info("job %s already on the queue, recording it", job.job_id)
-        connection.sadd(record, job.job_id)
+        _record(connection, job)
         return False
-    connection.sadd(record, job.job_id)
+    _record(connection, job)
     return True
+
+
+def _record(connection: redis.Redis, job: PredictionJob) -> None:
+    """Remember the job for good: its id, and its window end for the job manager's pointer."""
+    keys = Keys()
+    pipe = connection.pipeline()  # MULTI: both or neither
+    pipe.sadd(keys.jobs(job.device_id), job.job_id)
+    pipe.zadd(keys.job_windows(job.device_id), {job.job_id: job.window_end})
+    pipe.execute()
 
 
 def forget_job(connection: redis.Redis, device_id: str, job_id: str) -> None:
     """Drop every trace of a job so that a forced replay can run it again."""
     pipe = connection.pipeline()
     pipe.srem(Keys().jobs(device_id), job_id)
+    pipe.zrem(Keys().job_windows(device_id), job_id)
     pipe.srem(Keys().jobs_audited(device_id), job_id)
     pipe.hdel(Keys().forecasts(device_id), job_id)
     pipe.execute()

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"pipeline replay: --from: {exc}")
         return 2
-    device_ids = Store.from_url(settings.redis_url).devices() if args.all else args.device
+    device_ids = Store.from_settings(settings).devices() if args.all else args.device
     if not device_ids:
         print("pipeline replay: no devices to replay")
         return 1

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
@@ -32,6 +32,10 @@ CONFIG_ENV = "PIPELINE_CONFIG"
 # Variables with the prefix that are read elsewhere, not settings.
 NON_SETTING_ENV = {CONFIG_ENV, "PIPELINE_CACHE_DIR"}
 MASK = "********"
+# Not a model but the choice among ``selection_candidates`` (pipeline.prediction.serving);
+# always available, whatever ``models`` lists.
+SERVED_MODEL = "auto"
+SERVED_JOB = "pipeline.prediction.serving.served_forecast"
 
 
 class SettingsError(ValueError):
@@ -114,9 +118,29 @@ def _url(*schemes: str) -> Callable[[Any], str]:
     return parse
 
 
+def _mask_url_password(url: str) -> str:
+    """``redis://user:pw@host`` -> ``redis://user:********@host``."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}{MASK}@{host}"))
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _upper_choice(*choices: str) -> Callable[[Any], str]:
+    """A choice spelled as the upstream tool spells it (Kafka's names are upper case)."""
+
+    def parse(value: Any) -> str:
+        text = str(value).strip().upper()
         if text not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
         return text
@@ -168,6 +192,15 @@ def _mapping_of(parse_value: Callable[[Any], Any], what: str) -> Callable[[Any],
     return parse
 
 
+def _names(value: Any) -> list[str]:
+    """Names as a list or comma-separated, in order, at least one."""
+    items = value if isinstance(value, list | tuple) else str(value or "").split(",")
+    names = [str(item).strip() for item in items if str(item).strip()]
+    if not names:
+        raise ValueError("expected at least one name")
+    return names
+
+
 def _name(value: Any) -> str:
     text = str(value).strip()
     if not text:
@@ -197,6 +230,39 @@ class Settings:
     )
     source_api_key: str = _setting(
         "", _text, "Device API key (apiKey query parameter)", secret=True
+    )
+    source_ca_file: str = _setting(
+        "", _text, "Extra CA bundle (PEM) trusted for the device API, besides the system's"
+    )
+    kafka_security_protocol: str = _setting(
+        "PLAINTEXT",
+        _upper_choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        "Kafka link: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (TLS + login)",
+    )
+    kafka_sasl_mechanism: str = _setting(
+        "SCRAM-SHA-512",
+        _upper_choice("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"),
+        "Kafka SASL login mechanism (with SASL_*)",
+    )
+    kafka_username: str = _setting("", _text, "Kafka SASL user name (with SASL_*)")
+    kafka_password: str = _setting("", _text, "Kafka SASL password (with SASL_*)", secret=True)
+    kafka_ca_file: str = _setting(
+        "",
+        _text,
+        "Extra CA bundle (PEM) trusted for the Kafka broker, besides the system's "
+        "(with SSL, SASL_SSL)",
+    )
+    redis_username: str = _setting(
+        "", _text, "Redis ACL user; empty: the default user (password only)"
+    )
+    redis_password: str = _setting(
+        "", _text, "Redis password (AUTH), kept out of redis_url", secret=True
+    )
+    redis_ca_file: str = _setting(
+        "",
+        _text,
+        "CA bundle (PEM) Redis's certificate is checked against (with rediss://); "
+        "empty: the system's",
     )
     poll_seconds: float = _setting(60.0, _positive_float, "Seconds between polls of the device API")
     backfill_days: int = _setting(
@@ -233,11 +299,29 @@ class Settings:
         {
             "prophet": "pipeline.prediction.jobs.prophet_forecast",
             "seasonal_naive": "pipeline.prediction.jobs.seasonal_naive_forecast",
+            "ets": "pipeline.prediction.jobs.ets_forecast",
         },
         _models,
         "Model name -> dotted path of the job function the workers run",
     )
-    default_model: str = _setting("prophet", _text, "Model used for a device with no override")
+    default_model: str = _setting(
+        SERVED_MODEL,
+        _text,
+        "Model used for a device with no override; auto: the best recent selection_candidates",
+    )
+    selection_candidates: list = _setting(
+        ["ets", "seasonal_naive", "prophet"],
+        _names,
+        "Models the auto model fits every window and chooses from (first: served until scored)",
+    )
+    selection_policy: str = _setting(
+        "best",
+        _choice("best", "weighted"),
+        "auto serves the lowest recent MAE (best) or a 1/MAE^2-weighted average (weighted)",
+    )
+    selection_windows: int = _setting(
+        24, _positive_int, "Past windows whose forecasts the auto model scores to choose"
+    )
     device_models: dict = _setting(
         {}, _mapping_of(_name, "model name"), "Device id -> model, overriding default_model"
     )
@@ -325,6 +409,12 @@ class Settings:
         "Faust web view the dashboard reads device pointers from (match web_port)",
     )
     data_dir: str = _setting(".local", _text, "Folder for local service data, table state, logs")
+    log_format: str = _setting(
+        "text", _choice("text", "json"), "Log lines as text or as JSON objects (one per line)"
+    )
+    worker_metrics_port: int = _setting(
+        9100, _port, "Prometheus /metrics port of each prediction worker (queue and fits)"
+    )
 
     def topic(self, name: str) -> str:
         """Return the full name of a pipeline topic, with the deployment prefix."""
@@ -332,6 +422,8 @@ class Settings:
 
     def model_path(self, model: str) -> str:
         """Return the dotted path of a registered model's job function."""
+        if model == SERVED_MODEL and model not in self.models:
+            return SERVED_JOB
         try:
             return self.models[model]
         except KeyError:
@@ -370,8 +462,28 @@ class Settings:
             value = getattr(self, field.name)
             if masked and field.metadata["secret"] and value:
                 value = MASK
+            elif masked and isinstance(value, str) and urlsplit(value).password:
+                value = _mask_url_password(value)
             out[field.name] = value
         return out
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, for scrubbing log lines.
+
+        Secret fields plus the password part of any URL setting (a Redis URL may carry
+        one), longest first so that a secret containing another is replaced whole.
+        """
+        found = set()
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.metadata["secret"] and value:
+                found.add(str(value))
+            elif isinstance(value, str) and "://" in value:
+                password = urlsplit(value).password
+                if password:
+                    found.add(unquote(password))
+                    found.add(password)
+        return sorted(found, key=len, reverse=True)
 
     def __repr__(self) -> str:
         pairs = ", ".join(f"{k}={v!r}" for k, v in self.as_dict(masked=True).items())
@@ -412,6 +524,33 @@ def _env_value(field: dataclasses.Field, raw: str) -> Any:
     if isinstance(field.default_factory(), dict):
         return yaml.safe_load(raw)
     return raw
+
+
+def _env(name: str) -> str:
+    return f"{name} (env {ENV_PREFIX}{name.upper()})"
+
+
+def _link_problems(given: Mapping[str, Any]) -> list[str]:
+    """Security settings that cannot work together, found before any connection is tried.
+
+    A missing Kafka login or CA file is found by ``pipeline.connections`` when a role
+    builds the client that needs it, so a role that never talks to Kafka needs neither.
+    """
+    values = {**Settings().as_dict(masked=False), **given}
+    problems = []
+    protocol = values["kafka_security_protocol"]
+    if values["kafka_ca_file"] and protocol not in ("SSL", "SASL_SSL"):
+        problems.append(
+            f"kafka_ca_file is set but kafka_security_protocol is {protocol}, which has no TLS"
+        )
+    redis_url = urlsplit(values["redis_url"])
+    if values["redis_ca_file"] and redis_url.scheme != "rediss":
+        problems.append("redis_ca_file is set but redis_url is not rediss:// (no TLS)")
+    if values["redis_password"] and redis_url.password:
+        problems.append("the Redis password is given twice: in redis_password and in redis_url")
+    if values["redis_username"] and not (values["redis_password"] or redis_url.password):
+        problems.append(f"redis_username is set without {_env('redis_password')}")
+    return problems
 
 
 def load_settings(
@@ -462,14 +601,19 @@ def load_settings(
     models = values.get("models", defaults.models)
     known = ", ".join(sorted(models))
     default_model = values.get("default_model", defaults.default_model)
-    if default_model not in models:
+    if default_model not in models and default_model != SERVED_MODEL:
         problems.append(f"default_model: {default_model!r} is not one of the models ({known})")
     for device, model in values.get("device_models", {}).items():
-        if model not in models:
+        if model not in models and model != SERVED_MODEL:
             problems.append(f"device_models: {device!r} uses unknown model {model!r} ({known})")
+    for model in values.get("selection_candidates", []):  # defaults missing from models: skipped
+        if model not in models:
+            problems.append(f"selection_candidates: unknown model {model!r} ({known})")
     for model in values.get("model_queues", {}):
         if model not in models:
             problems.append(f"model_queues: unknown model {model!r} ({known})")
+    if not problems:
+        problems += _link_problems(values)
 
     if problems:
         raise SettingsError("invalid settings:\n  - " + "\n  - ".join(problems))

@@ -57,7 +57,16 @@ def roles(settings: Settings) -> list[Role]:
         ),
         Role(
             "stream-worker",
-            [_bin("faust"), "-A", "pipeline.app", "worker", "-l", "info"],
+            [
+                _bin("faust"),
+                "-A",
+                "pipeline.app",
+                "worker",
+                "-l",
+                "info",
+                "--web-bind",
+                "127.0.0.1",
+            ],
             health_url=f"http://127.0.0.1:{settings.web_port}/devices/",
         ),
         Role("prediction-worker", [_bin("pipeline"), "prediction-worker"]),
@@ -158,6 +167,8 @@ def up(args: argparse.Namespace) -> int:
         f"  dashboard        http://localhost:{settings.dashboard_port}/dashboard\n"
         f"  device status    http://127.0.0.1:{settings.web_port}/devices/\n"
         f"  Faust tables     http://127.0.0.1:{settings.web_port}/table/last-processed/\n"
+        f"  metrics          http://127.0.0.1:{settings.web_port}/metrics (stream), "
+        f"http://127.0.0.1:{settings.worker_metrics_port}/metrics (prediction)\n"
         f"  device API       http://127.0.0.1:{SIMULATOR_PORT}/api/v2/openapi.yaml\n"
         f"  logs             {Path(settings.data_dir) / 'logs'}\n"
         "Stop it with: pipeline down"

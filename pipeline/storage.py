@@ -12,7 +12,9 @@ Keys (``{d}`` is a device id, ``{p}`` the optional key prefix):
   {p}readings:{d}            ZSET  score = event time, member = reading JSON
   {p}forecasts:{d}           HASH  job id -> forecast JSON (every forecast)
   {p}forecast:{d}:latest     STRING forecast JSON with the newest trained-until
+  {p}candidates:{d}          HASH  "{job id}:{m}" -> forecast JSON of candidate m in an auto job
   {p}jobs:{d}                SET   of job ids ever enqueued (the enqueue's idempotency record)
+  {p}job-windows:{d}         ZSET  score = window end, member = job id, for every id in jobs:{d}
   {p}jobs-audited:{d}        SET   of job ids whose audit copy reached the jobs topic
   {p}model:{d}:{m}           HASH  fitted model m of device d (model JSON, version, revision)
   {p}forecast-index:{d}:{m}  ZSET  score = trained-until, member = job id (recent forecasts of m)
@@ -31,6 +33,9 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+
+from pipeline.connections import redis_client
+from pipeline.settings import Settings
 
 READING_FIELDS = ("time", "temperature", "humidity")
 
@@ -68,8 +73,14 @@ class Keys:
     def latest_forecast(self, device_id: str) -> str:
         return f"{self.prefix}forecast:{device_id}:latest"
 
+    def candidate_forecasts(self, device_id: str) -> str:
+        return f"{self.prefix}candidates:{device_id}"
+
     def jobs(self, device_id: str) -> str:
         return f"{self.prefix}jobs:{device_id}"
+
+    def job_windows(self, device_id: str) -> str:
+        return f"{self.prefix}job-windows:{device_id}"
 
     def jobs_audited(self, device_id: str) -> str:
         return f"{self.prefix}jobs-audited:{device_id}"
@@ -122,6 +133,11 @@ class Store:
     def from_url(cls, url: str, prefix: str = "") -> Store:
         return cls(redis.Redis.from_url(url, socket_timeout=10), Keys(prefix))
 
+    @classmethod
+    def from_settings(cls, settings: Settings, prefix: str = "") -> Store:
+        """The settings' Redis, with their login and TLS (see ``pipeline.connections``)."""
+        return cls(redis_client(settings, socket_timeout=10), Keys(prefix))
+
     def devices(self) -> list[str]:
         return sorted(m.decode() for m in self.client.smembers(self.keys.devices))
 
@@ -144,6 +160,23 @@ class Store:
         """Readings with start <= time <= end, oldest first."""
         members = self.client.zrangebyscore(self.keys.readings(device_id), start, end)
         return [decode_reading(m) for m in members]
+
+    def times_between(self, device_id: str, after: float, until: float) -> list[float]:
+        """Event times of the stored readings with after < time <= until, oldest first."""
+        pairs = self.client.zrangebyscore(
+            self.keys.readings(device_id), f"({after!r}", until, withscores=True
+        )
+        return [score for _, score in pairs]
+
+    def first_time(self, device_id: str) -> float | None:
+        """Event time of the device's oldest stored reading."""
+        pairs = self.client.zrange(self.keys.readings(device_id), 0, 0, withscores=True)
+        return pairs[0][1] if pairs else None
+
+    def last_enqueued_window_end(self, device_id: str) -> float | None:
+        """The latest window end of the device's enqueued jobs (``job-windows:{d}``)."""
+        pairs = self.client.zrange(self.keys.job_windows(device_id), -1, -1, withscores=True)
+        return pairs[0][1] if pairs else None
 
     def latest_readings(self, device_id: str, count: int) -> list[dict[str, float]]:
         members = self.client.zrange(self.keys.readings(device_id), -count, -1)
@@ -184,6 +217,11 @@ class AsyncStore:
     @classmethod
     def from_url(cls, url: str, prefix: str = "") -> AsyncStore:
         return cls(aioredis.Redis.from_url(url, socket_timeout=10), Keys(prefix))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, prefix: str = "") -> AsyncStore:
+        """The settings' Redis, with their login and TLS (see ``pipeline.connections``)."""
+        return cls(redis_client(settings, asyncio=True, socket_timeout=10), Keys(prefix))
 
     async def add_reading(self, device_id: str, reading: dict[str, float]) -> bool:
         """Store one reading; True if it was new, False if already stored."""

@@ -26,12 +26,13 @@ from faust.web import Request, Response, View
 
 from pipeline.accuracy import device_accuracy
 from pipeline.app import app, settings
+from pipeline.prediction.selection import selection_status
 from pipeline.storage import AsyncStore
 from tables.pointers import jobs_emitted, last_processed, last_seen_wall, late_readings
 
 log = logging.getLogger(__name__)
 
-store = AsyncStore.from_url(settings.redis_url)
+store = AsyncStore.from_settings(settings)
 
 INCOMPLETE_HEADER = "X-Devices-Incomplete"
 
@@ -153,4 +154,7 @@ async def device(web: View, request: Request, device_id: str) -> Response:
         else None
     )
     entry["accuracy"] = await device_accuracy(store.client, device_id)
+    entry["selection"] = selection_status(
+        settings.model_for(device_id), device_id in settings.device_models, latest
+    )
     return web.json(entry)

@@ -11,6 +11,7 @@ ingest and counts in later training data.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -35,11 +36,11 @@ def decide(pointer: float | None, time: float, window: float, start_time: float)
     return Decision(pointer=None, window=None)
 
 
-def expected_windows(
-    times: list[float], window: float, start_time: float = 0.0
-) -> list[tuple[float, float]]:
-    """All windows a device's readings produce, in arrival order (for tests and replay)."""
-    pointer: float | None = None
+def windows_through(
+    pointer: float | None, times: Iterable[float], window: float, start_time: float
+) -> tuple[float | None, list[tuple[float, float]]]:
+    """Apply readings in order from ``pointer``; return the new pointer and the windows
+    to deploy."""
     windows = []
     for time in times:
         decision = decide(pointer, time, window, start_time)
@@ -47,4 +48,11 @@ def expected_windows(
             pointer = decision.pointer
         if decision.window is not None:
             windows.append(decision.window)
-    return windows
+    return pointer, windows
+
+
+def expected_windows(
+    times: list[float], window: float, start_time: float = 0.0
+) -> list[tuple[float, float]]:
+    """All windows a device's readings produce, in arrival order (for tests and replay)."""
+    return windows_through(None, times, window, start_time)[1]

@@ -17,7 +17,8 @@ import redis
 
 from pipeline.settings import Settings, load_settings
 
-TEST_REDIS_DB = 13
+# Another database (TEST_REDIS_DB=N) keeps runs side by side from emptying each other's.
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
 
 # The Faust app imported into the test process (test_context tests) keeps its
 # tables in memory and its data in a scratch folder, away from a running stack.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -14,10 +15,11 @@ def bootstrap_of(broker_url: str) -> str:
     return broker_url.removeprefix("kafka://")
 
 
-async def _read_all(bootstrap: str, topic: str) -> list[tuple[str, dict]]:
+async def _read_all(bootstrap: str, topic: str, security: dict[str, Any]) -> list[tuple[str, dict]]:
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
+        **security,
         isolation_level="read_committed",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -44,9 +46,15 @@ async def _read_all(bootstrap: str, topic: str) -> list[tuple[str, dict]]:
             await consumer.stop()
 
 
-def read_topic(broker_url: str, topic: str) -> list[tuple[str, dict]]:
-    """Every committed message of a topic as (key, JSON value)."""
-    return asyncio.run(_read_all(bootstrap_of(broker_url), topic))
+def read_topic(
+    broker_url: str, topic: str, security: dict[str, Any] | None = None
+) -> list[tuple[str, dict]]:
+    """Every committed message of a topic as (key, JSON value).
+
+    ``security``: aiokafka's security arguments for a secured broker
+    (``pipeline.connections.kafka_client_kwargs``).
+    """
+    return asyncio.run(_read_all(bootstrap_of(broker_url), topic, security or {}))
 
 
 async def _delete_with_prefix(bootstrap: str, prefix: str) -> None:

@@ -80,12 +80,12 @@ async def test_job_manager_enqueues_one_json_job_per_closed_window(faust_app, re
     assert last_processed["dev1"] == 7500.0 and jobs_emitted["dev1"] == 2
     for start, end in windows:
         job = Job.fetch(job_id_for("dev1", end), connection=redis_client, serializer=JSONSerializer)
-        assert job.func_name == "pipeline.prediction.jobs.prophet_forecast"
+        assert job.func_name == "pipeline.prediction.serving.served_forecast"
         assert job.kwargs == {
             "device_id": "dev1",
             "window_start": start,
             "window_end": end,
-            "model": "prophet",
+            "model": "auto",
         }
         stored = json.loads(zlib.decompress(redis_client.hget(job.key, "data")))
         assert stored[0] == job.func_name  # JSON on the wire, never pickle
@@ -119,7 +119,7 @@ async def test_window_and_model_can_be_set_per_device(faust_app, redis_client, m
     quick = [(j.window_start, j.window_end, j.model) for j in jobs if j.device_id == "quick"]
     slow = [(j.window_start, j.window_end, j.model) for j in jobs if j.device_id == "slow"]
     assert quick == [(s * 600.0, (s + 1) * 600.0, "fast") for s in range(6)]
-    assert slow == [(0.0, 3600.0, "prophet")]
+    assert slow == [(0.0, 3600.0, "auto")]  # default_model: the per-device selection
     # The model is referenced by its dotted path only: the module does not exist.
     stored = Job.fetch(jobs[0].job_id, connection=redis_client, serializer=JSONSerializer)
     assert stored.func_name == "nowhere.fit"
@@ -173,4 +173,73 @@ async def test_replay_redeploys_missing_jobs_and_only_forced_ones_again(faust_ap
     queue = make_queue(load_settings(environ={}), redis_client)
     assert sorted(queue.job_ids) == sorted(
         job_id_for("dev1", end) for end in (3600.0, 7200.0, 6600.0)
+    )
+
+
+def stored_readings(redis_client, device: str, minutes: list[int]) -> None:
+    Store(redis_client).add_readings(
+        device, [{"time": m * 60.0, "temperature": 20.0, "humidity": 40.0} for m in minutes]
+    )
+
+
+async def test_windows_close_at_stored_readings_the_stream_skipped(faust_app, redis_client):
+    """After a crash the stream can miss readings that ingest stored; the windows are
+    still the ones the arithmetic over every reading gives."""
+    from agents.job_manager import manage_jobs
+    from pipeline.topics import jobs_topic
+    from pipeline.windowing import expected_windows
+    from tables.pointers import last_processed
+
+    every = list(range(0, 200, 10))
+    stored_readings(redis_client, "dev2", every)
+    audit = delivered_send()
+    with patch.object(jobs_topic, "send", audit):
+        async with manage_jobs.test_context() as agent:
+            for minute in [0, 20, 130, 190]:  # the stream only delivers these
+                reading = Reading(device_id="dev2", time=minute * 60.0, temperature=20.0,
+                                  humidity=40.0)  # fmt: skip
+                await agent.put(reading, key="dev2")
+            await settle(lambda: len(audit.call_args_list) == 3)
+
+    windows = [
+        (c.kwargs["value"].window_start, c.kwargs["value"].window_end) for c in audit.call_args_list
+    ]
+    assert windows == expected_windows([m * 60.0 for m in every], 3600.0)
+    assert windows == [(0.0, 3600.0), (3600.0, 7200.0), (7200.0, 10800.0)]
+    assert last_processed["dev2"] == 10800.0
+
+
+async def test_a_pointer_behind_the_enqueued_jobs_never_repeats_or_shifts_a_window(
+    faust_app, redis_client
+):
+    """A takeover restored a pointer older than the last enqueued window (its changelog
+    write was lost): the redelivered readings deploy nothing new, the next window
+    starts where the last enqueued one ended."""
+    from agents.job_manager import job_for, manage_jobs, queue
+    from pipeline.queue import enqueue_prediction
+    from pipeline.topics import jobs_topic
+    from tables.pointers import last_processed
+
+    every = list(range(0, 190, 10))
+    stored_readings(redis_client, "dev3", every)
+    settings = load_settings(environ={})
+    assert enqueue_prediction(queue, settings, job_for("dev3", (0.0, 3600.0)))
+    assert enqueue_prediction(queue, settings, job_for("dev3", (3600.0, 7200.0)))
+    last_processed.data["dev3"] = 0.0  # the writes of 3600 and 7200 never reached the changelog
+
+    audit = delivered_send()
+    with patch.object(jobs_topic, "send", audit):
+        async with manage_jobs.test_context() as agent:
+            for minute in [60, 100, 120, 130, 180]:  # redelivered, then new
+                reading = Reading(device_id="dev3", time=minute * 60.0, temperature=20.0,
+                                  humidity=40.0)  # fmt: skip
+                await agent.put(reading, key="dev3")
+            await settle(lambda: last_processed["dev3"] == 10800.0)
+
+    windows = [
+        (c.kwargs["value"].window_start, c.kwargs["value"].window_end) for c in audit.call_args_list
+    ]
+    assert windows == [(7200.0, 10800.0)]
+    assert sorted(queue.job_ids) == sorted(
+        job_id_for("dev3", end) for end in (3600.0, 7200.0, 10800.0)
     )

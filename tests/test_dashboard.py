@@ -394,7 +394,7 @@ def test_recovers_when_redis_comes_back(store: Store, env: dict, executor) -> No
     settings = load_settings(
         environ={**env, "PIPELINE_REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0"}
     )
-    flaky = connect(settings.redis_url)
+    flaky = connect(settings)
     doc = Document()
     build_document(doc, settings, Poller(settings, flaky), executor)
     settle(doc, executor)

@@ -46,7 +46,11 @@ LOCAL_PORTS = {
     "stream-worker-1": 6066,
     "dashboard": 5006,
 }
-TEST_VARIABLES = {"REDIS_PASSWORD": "test-password", "PIPELINE_SOURCE_API_KEY": "test-key"}
+TEST_VARIABLES = {
+    "REDIS_PASSWORD": "test-password",
+    "PIPELINE_SOURCE_API_KEY": "test-key",
+    "GRAFANA_ADMIN_PASSWORD": "test-grafana",
+}
 
 
 def read_verified(wheel: Path, member: str) -> bytes:
@@ -100,13 +104,16 @@ def test_compose_runs_the_local_system() -> None:
         "stream-worker",
     ]
     assert services["prediction-worker"]["deploy"]["replicas"] == 2
-    assert {name for name, role in roles.items() if role is None} == {"kafka", "redis"}
+    profiled = {name for name, service in services.items() if service.get("profiles")}
+    assert {name for name, role in roles.items() if role is None} - profiled == {"kafka", "redis"}
+    assert profiled == {"prometheus", "grafana"}
+    assert all(services[name]["profiles"] == ["monitoring"] for name in profiled)
     for name, port in LOCAL_PORTS.items():
         published = [p.split(":") for p in services[name]["ports"]]
         assert ["127.0.0.1", str(port)] in [p[:2] for p in published], name
     for name, service in services.items():
         image = service["image"]
-        assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", image), f"{name}: pin {image}"
+        assert re.fullmatch(r"[\w./-]+:v?\d[\w.-]*", image), f"{name}: pin {image}"
         assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
     kafka_env = services["kafka"]["environment"]
     assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, one node
@@ -120,7 +127,8 @@ def test_every_role_accepts_its_environment(tmp_path) -> None:
         env = compose_environment(service, TEST_VARIABLES)
         settings = load_settings(environ=env)
         assert settings.broker == "kafka://kafka:9092", name
-        assert settings.redis_url == "redis://:test-password@redis:6379/0", name
+        assert settings.redis_url == "redis://redis:6379/0", name
+        assert settings.redis_password == "test-password", name
         assert settings.source_api_key == "test-key", name
         if compose_role(name) == "prediction-worker":
             grace = service["stop_grace_period"]

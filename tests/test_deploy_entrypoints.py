@@ -123,12 +123,21 @@ def roles(base_settings, redis_url, redis_client, topic_prefix, tmp_path):
     config.write_text(settings_text(resources))
     web, dashboard, simulator = free_port(), free_port(), free_port()
     ports = {6066: web, 5006: dashboard, 8080: simulator}
-    secret_values = {"source-api-key": secrets.token_hex(12), "redis-password": ""}
+    secret_values = {
+        "source-api-key": secrets.token_hex(12),
+        "redis-password": "",
+        "kafka-password": "",
+    }
     fields = {"metadata.name": f"{topic_prefix}stream-worker-0", "metadata.namespace": "local"}
     overrides = {
         "PIPELINE_CONFIG": str(config),
         "PIPELINE_BROKER": base_settings.broker,
+        # The local Kafka is plain text; the cluster's is SASL_SSL (tests/test_secure_links.py).
+        "PIPELINE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+        "PIPELINE_KAFKA_CA_FILE": "",
+        # Likewise the local Redis; the cluster's speaks TLS only (test_deploy_k8s_design.py).
         "PIPELINE_REDIS_URL": redis_url,
+        "PIPELINE_REDIS_CA_FILE": "",
         "PIPELINE_SOURCE_URL": f"http://127.0.0.1:{simulator}/api/v2",
         "PIPELINE_APP_ID": f"{topic_prefix}app",
         "PIPELINE_TOPIC_PREFIX": topic_prefix,

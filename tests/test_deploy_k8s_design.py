@@ -9,6 +9,7 @@ only ever come from a Secret; every setting a manifest gives is one the pipeline
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 from pathlib import PurePosixPath
 
@@ -34,7 +35,8 @@ from tests.deploy_util import (
     workloads,
 )
 
-SECRET_KEYS = {"source-api-key", "redis-password"}
+SECRET_KEYS = {"source-api-key", "redis-password", "kafka-password"}
+REDIS_TLS_SECRET = "redis-tls"
 DEV_PLACEHOLDER = "dev-placeholder-not-a-secret"
 PLACEHOLDER_SECRETS = {key: "placeholder" for key in SECRET_KEYS}
 POD_FIELDS = {"metadata.name": "stream-worker-0", "metadata.namespace": "sensor-forecasts"}
@@ -63,8 +65,16 @@ def test_every_role_accepts_its_settings_file_and_environment(overlay, tmp_path)
     for workload in roles.values():
         for container in containers(workload):
             settings = pipeline_settings(resources, tmp_path, container)
-            if any(e["name"] == "PIPELINE_REDIS_URL" for e in container.get("env", [])):
-                assert settings.redis_url.startswith("redis://:placeholder@redis:6379/")
+            if any(e["name"] == "PIPELINE_REDIS_PASSWORD" for e in container.get("env", [])):
+                # The password travels on its own, never inside the URL; the link is TLS.
+                assert settings.redis_url == "rediss://redis:6379/0"
+                assert settings.redis_password == "placeholder"
+            if any(e["name"] == "PIPELINE_KAFKA_PASSWORD" for e in container.get("env", [])):
+                assert settings.kafka_security_protocol == "SASL_SSL"
+                assert (settings.kafka_username, settings.kafka_password) == (
+                    "sensor-forecasts",
+                    "placeholder",
+                )
 
 
 def test_settings_are_a_configmap_mounted_as_a_directory(overlay) -> None:
@@ -184,15 +194,77 @@ def test_prediction_workers_scale_on_the_queue_and_outlast_a_job(overlay) -> Non
         assert host.split(".")[:2] == ["redis", namespace] and port == "6379"
         service = named(resources, "Service", "redis")
         assert service["spec"]["ports"][0]["port"] == int(port)
+        # Over TLS, checked against the CA of redis-tls; set once (KEDA refuses metadata
+        # enableTLS together with a `tls` parameter) and never unverified.
+        assert trigger["metadata"]["enableTLS"] == "true"
+        assert trigger["metadata"].get("unsafeSsl", "false") == "false"
         auth = named(resources, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-        (ref,) = auth["spec"]["secretTargetRef"]
-        assert (ref["parameter"], ref["name"], ref["key"]) == (
-            "password",
-            SECRET_NAME,
-            "redis-password",
-        )
+        refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+        assert refs == {
+            "password": (SECRET_NAME, "redis-password"),
+            "ca": (REDIS_TLS_SECRET, "ca.crt"),
+        }
     if name == "dev":
         assert scaled["spec"]["maxReplicaCount"] <= 2
+
+
+def mounted_file(workload: dict, container: dict, path: str) -> tuple[str, str]:
+    """(Secret, key) whose file a container sees at ``path``, through a read-only mount."""
+    volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        if not PurePosixPath(path).is_relative_to(mount["mountPath"]):
+            continue
+        assert mount.get("readOnly") is True, f"{mount['name']} must be read-only"
+        secret = volumes[mount["name"]]["secret"]
+        relative = str(PurePosixPath(path).relative_to(mount["mountPath"]))
+        (item,) = [i for i in secret["items"] if i["path"] == relative]
+        return secret["secretName"], item["key"]
+    raise AssertionError(f"{container['name']}: nothing mounted at {path}")
+
+
+def test_redis_speaks_tls_only_and_every_client_checks_its_certificate(overlay, tmp_path) -> None:
+    """Dropping TLS anywhere (a plain-text port, a redis:// URL, an unmounted CA) fails."""
+    _, resources = overlay
+    redis_set = named(resources, "StatefulSet", "redis")
+    (server,) = containers(redis_set)
+    words = " ".join(server["command"]).split()
+    option = dict(itertools.pairwise(words))  # each --flag's value (the last one wins)
+    service = named(resources, "Service", "redis")
+    assert option["--port"] == "0", "Redis must not listen in plain text"
+    assert int(option["--tls-port"]) == service["spec"]["ports"][0]["port"]
+    assert option["--tls-auth-clients"] == "no"  # clients log in with the password
+    for flag, key in (
+        ("--tls-cert-file", "tls.crt"),
+        ("--tls-key-file", "tls.key"),
+        ("--tls-ca-cert-file", "ca.crt"),
+    ):
+        assert mounted_file(redis_set, server, option[flag]) == (REDIS_TLS_SECRET, key)
+    # The password reaches Redis through a file in memory, never its command line.
+    assert "--requirepass" not in words and "$REDIS_PASSWORD" in server["command"][-1]
+    for kind in ("readinessProbe", "livenessProbe"):  # a bare TCP connect logs a TLS error
+        probe = " ".join(server[kind]["exec"]["command"])
+        assert "redis-cli --tls --cacert " in probe, kind
+        assert mounted_file(redis_set, server, probe.split("--cacert ")[1].split()[0]) == (
+            REDIS_TLS_SECRET,
+            "ca.crt",
+        )
+    clients = 0
+    for role, workload in pipeline_workloads(resources).items():
+        for container in containers(workload):
+            if not any(e["name"] == "PIPELINE_REDIS_PASSWORD" for e in container.get("env", [])):
+                continue
+            clients += 1
+            settings = pipeline_settings(resources, tmp_path, container)
+            assert settings.redis_url.startswith("rediss://"), role
+            assert mounted_file(workload, container, settings.redis_ca_file) == (
+                REDIS_TLS_SECRET,
+                "ca.crt",
+            ), role
+            # Only the CA of redis-tls reaches a client, never the server's key.
+            for volume in pod_spec(workload).get("volumes", []):
+                if volume.get("secret", {}).get("secretName") == REDIS_TLS_SECRET:
+                    assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"], role
+    assert clients == 3  # stream worker, prediction worker, dashboard
 
 
 def test_every_container_has_requests_and_limits(overlay) -> None:

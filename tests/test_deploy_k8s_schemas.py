@@ -155,6 +155,7 @@ def test_custom_resources_match_their_crds(overlay: str, validators: dict) -> No
         "Kafka",
         "KafkaNodePool",
         "KafkaTopic",
+        "KafkaUser",
         "ScaledObject",
         "TriggerAuthentication",
     }
@@ -165,9 +166,14 @@ def test_custom_resources_match_their_crds(overlay: str, validators: dict) -> No
 def test_every_custom_kind_has_its_crd_here(validators: dict) -> None:
     """KafkaNodePool included: a resource without a CRD would be a silent pass."""
     served = {kind for _, kind in validators}
-    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "ScaledObject", "TriggerAuthentication"} <= (
-        served
-    )
+    assert {
+        "Kafka",
+        "KafkaNodePool",
+        "KafkaTopic",
+        "KafkaUser",
+        "ScaledObject",
+        "TriggerAuthentication",
+    } <= served
 
 
 def test_the_validators_reject_what_the_api_server_would(validators: dict) -> None:

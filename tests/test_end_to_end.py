@@ -119,7 +119,7 @@ def test_every_device_gets_its_forecasts_from_readings_seen_once(e2e_env, redis_
     for device, device_windows in windows.items():
         latest = store.latest_forecast(device)
         assert latest["trained_until"] == device_windows[-1][1]
-        assert latest["model"] == "prophet" and len(latest["points"]) == 3600 // 600
+        assert latest["model"] == "auto" and len(latest["points"]) == 3600 // 600
         assert store.forecast_count(device) == len(device_windows)
 
 

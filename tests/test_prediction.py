@@ -389,7 +389,9 @@ def test_rq_round_trip_with_json_serializer(
     assert payload[:1] != pickle.PROTO
     assert json.loads(payload)[3]["device_id"] == "dev-1"
 
-    args = argparse.Namespace(config=None, burst=True, name="test-worker", log_level="WARNING")
+    args = argparse.Namespace(
+        config=None, burst=True, name="test-worker", log_level="WARNING", metrics_port=0
+    )
     assert run_worker(args) == 0
 
     done = Job.fetch(job.job_id, connection=redis_client, serializer=JSONSerializer)

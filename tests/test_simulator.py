@@ -40,7 +40,8 @@ async def simulator(**overrides: Any) -> AsyncIterator[test_utils.TestClient]:
     """A simulator on a free port; by default its clock is frozen at START."""
     settings: dict[str, Any] = {"start": START, "duration_seconds": 0.0} | overrides
     app = build_app(SimulatorConfig(api_key=KEY, **settings))
-    async with test_utils.TestClient(test_utils.TestServer(app)) as client:
+    # No access log, as `pipeline simulator` serves: aiohttp's logs the query, apiKey included.
+    async with test_utils.TestClient(test_utils.TestServer(app, access_log=None)) as client:
         yield client
 
 
@@ -414,6 +415,8 @@ def test_every_option_has_help() -> None:
         "fault_devices",
         "fault_delay_seconds",
         "rate_limit",
+        "tls_cert",
+        "tls_key",
         "api_key",
     }
     assert all(a.help for a in options)

@@ -21,10 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from rq import get_current_job
 
+from pipeline.connections import redis_client
 from pipeline.prediction.model_store import ModelStore
+from pipeline.prediction.models import ets as ets_model
 from pipeline.prediction.models import prophet as prophet_model
 from pipeline.prediction.models import seasonal_naive
 from pipeline.prediction.models.base import (
@@ -68,6 +69,13 @@ SEASONAL_NAIVE = ModelSpec(
     ),
     keeps_state=False,
 )
+ETS = ModelSpec(
+    version=ets_model.VERSION,
+    fit=lambda series, future, settings, previous: ets_model.fit_and_forecast(
+        series, future, settings.seasonal_period_seconds
+    ),
+    keeps_state=False,
+)
 
 
 def prophet_forecast(
@@ -82,6 +90,32 @@ def seasonal_naive_forecast(
 ) -> dict[str, Any]:
     """Forecast each time by the same time one season earlier, and store it."""
     return run_forecast(SEASONAL_NAIVE, device_id, window_start, window_end, model)
+
+
+def ets_forecast(
+    device_id: str, window_start: float, window_end: float, model: str = "ets"
+) -> dict[str, Any]:
+    """Fit exponential smoothing with a damped trend and a daily season, and store it."""
+    return run_forecast(ETS, device_id, window_start, window_end, model)
+
+
+# Job function (its dotted path in the ``models`` setting) -> the model it runs:
+# how ``pipeline backtest`` and the served forecast reach a registered model's code.
+JOB_SPECS = {
+    f"{__name__}.prophet_forecast": PROPHET,
+    f"{__name__}.seasonal_naive_forecast": SEASONAL_NAIVE,
+    f"{__name__}.ets_forecast": ETS,
+}
+
+
+def registered_specs(settings: Settings, names: list[str] | None = None) -> dict[str, ModelSpec]:
+    """The registered models (or those ``names``) whose job runs a single model."""
+    wanted = list(settings.models) if names is None else names
+    return {
+        name: JOB_SPECS[settings.model_path(name)]
+        for name in wanted
+        if settings.model_path(name) in JOB_SPECS
+    }
 
 
 def _job_id(device_id: str, window_end: float) -> str:
@@ -110,7 +144,7 @@ def run_forecast(
         "window_end": window_end,
         "skipped": False,
     }
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    client = redis_client(settings, socket_timeout=10)
     store = Store(client)
     try:
         stored_doc = client.hget(store.keys.forecasts(device_id), job_id)

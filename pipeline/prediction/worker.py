@@ -27,8 +27,10 @@ import sys
 import redis
 from rq.serializers import JSONSerializer
 
+from pipeline.connections import redis_client
 from pipeline.prediction.failures import no_retry_for_bad_input
-from pipeline.prediction.reaper import ForecastWorker
+from pipeline.prediction.observed_worker import ObservedWorker, WorkerMetrics
+from pipeline.prediction.observed_worker import serve as serve_metrics
 from pipeline.queue import make_queue
 from pipeline.settings import Settings, load_settings
 
@@ -59,6 +61,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="worker name shown by `rq info` (default: a random unique name)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of this worker's Prometheus /metrics (default: worker_metrics_port, 9100; "
+        "0 turns it off)",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        help="address the metrics server binds (default: 127.0.0.1; 0.0.0.0 lets a "
+        "Prometheus on another host scrape it)",
+    )
+    parser.add_argument(
         "--log-level",
         # Suppressed default: without the option, the global --log-level stands.
         default=argparse.SUPPRESS,
@@ -82,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     loggers' level here and adds no handler where one is already in place.
     """
     settings = load_settings(args.config)
-    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    connection = redis_client(settings, socket_connect_timeout=5)
     try:
         connection.ping()
     except redis.RedisError as exc:
@@ -91,17 +106,33 @@ def run(args: argparse.Namespace) -> int:
         return 1
     _preload_models(settings)
     worker = build_worker(settings, connection, args.name)
-    log.info("prediction worker %s on queues %s", worker.name, ", ".join(worker.queue_names()))
+    port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
+    if port:
+        try:
+            serve_metrics(worker.metrics, worker.queues, port, args.metrics_address)
+        except OSError as exc:
+            log.warning(
+                "metrics not served: port %d unavailable (%s); set worker_metrics_port "
+                "or --metrics-port",
+                port,
+                exc.strerror,
+            )
+    log.info(
+        "prediction worker %s on queues %s, metrics on port %s",
+        worker.name,
+        ", ".join(worker.queue_names()),
+        port or "(off)",
+    )
     worker.work(burst=args.burst, logging_level=args.log_level.upper(), with_scheduler=True)
     return 0
 
 
 def build_worker(
     settings: Settings, connection: redis.Redis, name: str | None = None
-) -> ForecastWorker:
-    """A worker on every prediction queue, with this project's failure handling."""
+) -> ObservedWorker:
+    """A worker on every prediction queue, with this project's failure handling and metrics."""
     heartbeat = settings.worker_heartbeat_seconds
-    return ForecastWorker(
+    return ObservedWorker(
         [make_queue(settings, connection, queue) for queue in settings.queues()],
         connection=connection,
         name=name,
@@ -112,4 +143,5 @@ def build_worker(
         # An idle worker blocks on the queue for worker_ttl - 15 s between sweeps.
         worker_ttl=2 * heartbeat + 15,
         lost_job_reruns=settings.job_retries,
+        metrics=WorkerMetrics(),
     )

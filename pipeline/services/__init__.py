@@ -241,6 +241,9 @@ class Service(Protocol):
     def command(self) -> list[str]:
         """The command line that runs the service in the foreground."""
 
+    def mismatch(self) -> str | None:
+        """Why our running process was started for other settings (ports, TLS, login), if so."""
+
 
 def services_dir(settings: Settings) -> Path:
     """The folder that holds the data of every local service."""
@@ -298,6 +301,13 @@ def _start(service: Service) -> bool:
         )
         return False
     if state == "unresponsive":
+        # A server started for other settings (say, without TLS) never answers these
+        # clients; waiting would end in stopping it, so say so instead.
+        reason = service.mismatch()
+        if reason is not None:
+            raise ServiceError(
+                f"{reason}; stop it with `pipeline services down`, then start it again"
+            )
         log.info("%s (pid %d) is not answering yet; waiting for it", service.name, pid)
         return True
     if not is_loopback(service.host):

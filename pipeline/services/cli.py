@@ -7,10 +7,18 @@ failure seen in CI can be reproduced with the same command on a laptop.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from pipeline import services
-from pipeline.settings import load_settings
+from pipeline.services.secure import client_environment, secured
+from pipeline.settings import Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings, with the secured links filled in under ``--secure``."""
+    settings = load_settings(args.config)
+    return secured(settings) if args.secure else settings
 
 
 def _print_status(report: list[services.ServiceStatus]) -> bool:
@@ -21,17 +29,22 @@ def _print_status(report: list[services.ServiceStatus]) -> bool:
 
 def up(args: argparse.Namespace) -> int:
     """Start what is not running, wait until both answer, print where they are."""
-    settings = load_settings(args.config)
     try:
+        settings = _settings(args)
         services.ensure_running(settings, kafka_controller_port=args.controller_port)
     except services.ServiceError as exc:
         print(f"pipeline services up: {exc}", file=sys.stderr)
         return 1
-    return 0 if _print_status(services.status(settings)) else 1
+    ok = _print_status(services.status(settings))
+    if args.secure:
+        print("# every role reaches these services with (plus the two passwords):")
+        for name, value in client_environment(settings).items():
+            print(f"export {name}={shlex.quote(value)}")
+    return 0 if ok else 1
 
 
 def down(args: argparse.Namespace) -> int:
-    """Stop what this project started."""
+    """Stop what this project started (by pid file: no login needed, secured or not)."""
     settings = load_settings(args.config)
     try:
         services.stop(settings)
@@ -44,7 +57,12 @@ def down(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     """Print one line per service; exit 3 if one does not answer, as init scripts do."""
-    return 0 if _print_status(services.status(load_settings(args.config))) else 3
+    try:
+        settings = _settings(args)
+    except services.ServiceError as exc:
+        print(f"pipeline services status: {exc}", file=sys.stderr)
+        return 3
+    return 0 if _print_status(services.status(settings)) else 3
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,14 +75,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "configured addresses is reused.",
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    secure = argparse.ArgumentParser(add_help=False)
+    secure.add_argument(
+        "--secure",
+        action="store_true",
+        help="authenticated, encrypted links: Kafka on SASL_SSL (SCRAM-SHA-512) and Redis on "
+        "TLS with an ACL user, certificates from a local CA in <data_dir>/services/tls; "
+        "passwords from PIPELINE_KAFKA_PASSWORD and PIPELINE_REDIS_PASSWORD. Settings "
+        "already given (protocol, mechanism, users, CA files) are kept",
+    )
 
     start = actions.add_parser(
         "up",
+        parents=[secure],
         help="start Kafka and Redis unless they already answer",
         description="Start whichever of Kafka and Redis does not answer at the addresses in "
         "the settings (broker, redis_url), wait until both answer, then print their status. "
         "The first run downloads Kafka's jars with mvn into $PIPELINE_CACHE_DIR "
-        "(default ~/.cache/sensor-forecasts).",
+        "(default ~/.cache/sensor-forecasts). The servers listen the way the settings "
+        "connect: kafka_security_protocol, a rediss:// redis_url, redis_password; with "
+        "--secure, the settings to export for every role are printed.",
     )
     start.add_argument(
         "--controller-port",
@@ -83,6 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     actions.add_parser(
         "status",
+        parents=[secure],
         help="show whether Kafka and Redis are running",
         description="Print one line per service: name, state, address, pid and data folder. "
         "Exit status 0 if both answer, 3 otherwise.",

@@ -10,8 +10,11 @@ under ``<data_dir>/services/kafka``, so topics survive restarts.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -24,6 +27,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from pipeline.connections import kafka_client_kwargs
 from pipeline.services import (
     ManagedProcess,
     ServiceError,
@@ -32,6 +36,7 @@ from pipeline.services import (
     server_address,
     services_dir,
 )
+from pipeline.services.tls import Certificates, ensure_certificates
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,16 +141,21 @@ def ensure_jars() -> Path:
     return libs
 
 
-def describe_cluster(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
+def describe_cluster(
+    host: str, port: int, timeout: float = 5.0, security: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Ask the broker for its cluster metadata (a real Metadata request).
 
     Blocking, but safe to call from code that runs an event loop: the request
-    runs on a loop of its own in a worker thread.
+    runs on a loop of its own in a worker thread. ``security`` holds aiokafka's
+    security arguments (see ``pipeline.connections.kafka_client_kwargs``).
     """
 
     async def describe() -> dict[str, Any]:
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=f"{host}:{port}", request_timeout_ms=int(timeout * 1000)
+            bootstrap_servers=f"{host}:{port}",
+            request_timeout_ms=int(timeout * 1000),
+            **(security or {}),
         )
         try:
             await admin.start()
@@ -166,20 +176,37 @@ class KafkaService:
     stop_grace = 60.0
 
     def __init__(self, settings: Settings, controller_port: int | None = None) -> None:
+        self.settings = settings
         self.host, self.port = server_address(settings.broker, 9092)
         self.controller_port = controller_port or self.port + 1
         self.directory = services_dir(settings) / "kafka"
         self.log_dirs = self.directory / "data"
         self.process = ManagedProcess(self.directory, "kafka")
+        self.protocol = settings.kafka_security_protocol
+        self.certificates = Certificates(services_dir(settings) / "tls")
 
     def answers(self) -> bool:
-        """Whether the broker answers a Metadata request and lists itself."""
+        """Whether the broker answers a Metadata request and lists itself, as clients connect."""
         if not port_accepts(self.host, self.port):
             return False
         try:
-            return bool(describe_cluster(self.host, self.port)["brokers"])
+            security = kafka_client_kwargs(self.settings)
+            return bool(describe_cluster(self.host, self.port, security=security)["brokers"])
         except (KafkaError, OSError, TimeoutError):
             return False
+
+    def mismatch(self) -> str | None:
+        """Why the running broker was not started for these settings, or None if it was."""
+        try:
+            running = self.server_properties.read_text()
+        except FileNotFoundError:
+            return None
+        if running == self._server_properties():
+            return None
+        return (
+            f"the running Kafka was started with other listeners or credentials than the "
+            f"settings ask for ({self.protocol} on port {self.port})"
+        )
 
     def prepare(self) -> None:
         """Resolve the jars, write the configuration and format storage once."""
@@ -191,11 +218,18 @@ class KafkaService:
                 "another with `pipeline services up --controller-port PORT`"
             )
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.protocol in ("SSL", "SASL_SSL"):
+            ensure_certificates(self.certificates.directory, [self.host])
+        # It may hold the broker's own SASL password: owner only.
+        self.server_properties.touch(mode=0o600)
+        self.server_properties.chmod(0o600)
         self.server_properties.write_text(self._server_properties())
         self.log4j2_properties.write_text(LOG4J2)
         if (self.log_dirs / "meta.properties").exists():
+            self._check_scram_user()
             return
         cluster_id = self._cluster_id(java, libs)
+        scram = self._scram_arguments()
         log.info("formatting Kafka storage in %s (cluster id %s)", self.log_dirs, cluster_id)
         _run(
             [
@@ -209,9 +243,74 @@ class KafkaService:
                 "-c",
                 str(self.server_properties),
                 "--standalone",
+                *scram,
             ],
             "formatting Kafka storage",
             timeout=120,
+        )
+
+    @property
+    def scram_user_path(self) -> Path:
+        """The SCRAM user the storage was formatted with: mechanism, name, salt, iterations
+        and a SHA-256 of the salted password, to notice a changed password at a restart."""
+        return self.directory / "scram.user"
+
+    def _uses_scram(self) -> bool:
+        mechanism = self.settings.kafka_sasl_mechanism
+        return self.protocol.startswith("SASL_") and mechanism.startswith("SCRAM-")
+
+    def _salted(self, salt: bytes, iterations: int) -> bytes:
+        digest = "sha512" if self.settings.kafka_sasl_mechanism == "SCRAM-SHA-512" else "sha256"
+        return hashlib.pbkdf2_hmac(digest, self.settings.kafka_password.encode(), salt, iterations)
+
+    def _scram_record(self, salt: bytes, iterations: int) -> str:
+        check = hashlib.sha256(self._salted(salt, iterations)).hexdigest()
+        user = f"{self.settings.kafka_sasl_mechanism} {self.settings.kafka_username}"
+        return f"{user} {base64.b64encode(salt).decode()} {iterations} {check}"
+
+    def _scram_arguments(self) -> list[str]:
+        """``--add-scram`` for the settings' user, with a salted password, never the password.
+
+        SCRAM users live in the cluster metadata, so they are made when the storage
+        is formatted; the salted form keeps the password itself off the command line.
+        """
+        if not self._uses_scram():
+            return []
+        if not re.fullmatch(r"[A-Za-z0-9._@-]+", self.settings.kafka_username):
+            raise ServiceError(
+                "the local Kafka takes a kafka_username of letters, digits and ._@- only"
+            )
+        iterations, salt = 8192, os.urandom(24)
+        self.scram_user_path.touch(mode=0o600)
+        self.scram_user_path.write_text(self._scram_record(salt, iterations) + "\n")
+        credential = (
+            f"{self.settings.kafka_sasl_mechanism}=[name={self.settings.kafka_username},"
+            f'iterations={iterations},salt="{base64.b64encode(salt).decode()}",'
+            f'saltedpassword="{base64.b64encode(self._salted(salt, iterations)).decode()}"]'
+        )
+        return ["--add-scram", credential]
+
+    def _check_scram_user(self) -> None:
+        """Refuse to start formatted storage whose SCRAM user differs from the settings'."""
+        if not self._uses_scram():
+            return
+        try:
+            mechanism, user, salt, iterations, _ = self.scram_user_path.read_text().split()
+        except (FileNotFoundError, ValueError):
+            mechanism = user = salt = iterations = ""
+        wanted = (self.settings.kafka_sasl_mechanism, self.settings.kafka_username)
+        if (mechanism, user) != wanted:
+            problem = f"has no {wanted[0]} user {wanted[1]!r}"
+        elif self.scram_user_path.read_text().strip() != self._scram_record(
+            base64.b64decode(salt), int(iterations)
+        ):
+            problem = f"has another password for {user!r} than kafka_password"
+        else:
+            return
+        raise ServiceError(
+            f"the Kafka storage in {self.log_dirs} {problem}; SCRAM users are made when it "
+            "is first formatted, so remove that folder (its topics go with it) or use "
+            "another data_dir"
         )
 
     def command(self) -> list[str]:
@@ -252,17 +351,20 @@ class KafkaService:
 
     def _server_properties(self) -> str:
         # Listeners bind to loopback; the settings' host name is advertised as given.
+        # The client listener speaks the settings' protocol and is also the inter-broker
+        # one; the controller's stays PLAINTEXT, on loopback.
         bind = f"{bind_host(self.host)}:{self.port}"
         controller = f"{bind_host(self.host)}:{self.controller_port}"
+        listener = self.protocol
         properties = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": controller,
-            "listeners": f"PLAINTEXT://{bind},CONTROLLER://{controller}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listeners": f"{listener}://{bind},CONTROLLER://{controller}",
+            "advertised.listeners": f"{listener}://{self.host}:{self.port}",
+            "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
+            "inter.broker.listener.name": listener,
             "log.dirs": str(self.log_dirs),
             "num.partitions": "4",
             "auto.create.topics.enable": "true",
@@ -270,7 +372,56 @@ class KafkaService:
             "transaction.state.log.replication.factor": "1",
             "transaction.state.log.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            **self._security_properties(),
         }
         lines = ["# Written by `pipeline services up`; edits are overwritten."]
-        lines += [f"{key}={value}" for key, value in properties.items()]
+        lines += [f"{key}={_escape_property(value)}" for key, value in properties.items()]
         return "\n".join(lines) + "\n"
+
+    def _security_properties(self) -> dict[str, str]:
+        """TLS (PEM files of the local CA) and SASL for the client listener."""
+        properties = {}
+        if self.protocol in ("SSL", "SASL_SSL"):
+            properties.update(
+                {
+                    "ssl.keystore.type": "PEM",
+                    "ssl.keystore.location": str(self.certificates.keystore),
+                    "ssl.truststore.type": "PEM",
+                    "ssl.truststore.location": str(self.certificates.ca),
+                    "ssl.client.auth": "none",
+                }
+            )
+        if self.protocol.startswith("SASL_"):
+            mechanism = self.settings.kafka_sasl_mechanism
+            user, password = self.settings.kafka_username, self.settings.kafka_password
+            if mechanism == "PLAIN":
+                module = "org.apache.kafka.common.security.plain.PlainLoginModule"
+                options = {"username": user, "password": password, f"user_{user}": password}
+            else:
+                module = "org.apache.kafka.common.security.scram.ScramLoginModule"
+                options = {"username": user, "password": password}
+            prefix = f"listener.name.{self.protocol.lower()}.{mechanism.lower()}"
+            properties.update(
+                {
+                    "sasl.enabled.mechanisms": mechanism,
+                    "sasl.mechanism.inter.broker.protocol": mechanism,
+                    f"{prefix}.sasl.jaas.config": _jaas(module, options),
+                }
+            )
+        return properties
+
+
+def _jaas(module: str, options: dict[str, str]) -> str:
+    """A JAAS login module line with double-quoted, backslash-escaped option values."""
+
+    def quoted(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    return f"{module} required " + " ".join(f"{k}={quoted(v)}" for k, v in options.items()) + ";"
+
+
+def _escape_property(value: str) -> str:
+    """Escape a value as java.util.Properties reads it back."""
+    if any(c in value for c in "\r\n"):
+        raise ServiceError("a Kafka setting holds a line break; it cannot go in server.properties")
+    return value.replace("\\", "\\\\")

@@ -1,8 +1,8 @@
 """Counters of what the device API delivered and what ingest made of it.
 
 One object groups every metric, created against a registry of its own so that
-tests and benchmarks can make a fresh one; the Faust web server exposes it at
-``GET /metrics`` in Prometheus' text format. Every series is labelled by
+tests and benchmarks can make a fresh one; its registry is the one every stream
+worker serves at ``GET /metrics`` (``pipeline.metrics_view``). Every series is labelled by
 device; totals are the sums over that label (``sum by (outcome) (...)``).
 Each worker reports what it did: the connector's series come from the leader,
 ingest's from whichever worker holds the device's partition.
@@ -10,8 +10,6 @@ ingest's from whichever worker holds the device's partition.
 
 from __future__ import annotations
 
-import faust
-from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -61,12 +59,4 @@ class SourceMetrics:
         return generate_latest(self.registry)
 
 
-def register_page(app: faust.App, metrics: SourceMetrics) -> None:
-    """Serve ``metrics`` at ``GET /metrics`` on the app's web server."""
-
-    @app.page("/metrics")
-    async def metrics_page(web: View, request: Request) -> Response:
-        return web.bytes(metrics.render(), content_type=CONTENT_TYPE)
-
-
-metrics = SourceMetrics()  # this process's counters, served at /metrics by the Faust app
+metrics = SourceMetrics()  # this process's registry, served at /metrics by the Faust app

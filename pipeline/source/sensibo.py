@@ -2,7 +2,7 @@
 
 Every answer is checked against the project's OpenAPI document before a field
 is read, and every way a request can go wrong becomes a ``SourceError`` whose
-``kind`` names it (timeout, connection, http_5xx, http_4xx, rate_limited,
+``kind`` names it (timeout, connection, tls, http_5xx, http_4xx, rate_limited,
 malformed, envelope, schema), so the connector can count it, skip the device
 for one poll and carry on. Transient failures (no answer, 5xx, 429, a body cut
 short) are retried with jittered backoff; 429, as an HTTP status or as a JSON
@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from pipeline.connections import tls_context
 from pipeline.source.backoff import Backoff, parse_retry_after
 from pipeline.source.openapi_validation import ApiDocument, SchemaViolation
 from pipeline.source.rate_limit import TokenBucket
@@ -56,6 +57,16 @@ class SourceUnavailable(SourceError):
     def __init__(self, reason: str, kind: str = "connection") -> None:
         super().__init__(reason)
         self.kind = kind
+
+
+class SourceTLSError(SourceError):
+    """The API's certificate failed verification (``tls``): untrusted, expired, wrong host.
+
+    Not retried within a poll: it will not heal in seconds, so the device waits a
+    poll and the others go on.
+    """
+
+    kind = "tls"
 
 
 class SourceHTTPError(SourceError):
@@ -126,6 +137,15 @@ class DeviceList:
 class _Answer:
     result: Any
     api_time: float | None
+
+
+def open_session(ca_file: str = "") -> aiohttp.ClientSession:
+    """An HTTP session whose HTTPS checks certificates and host names, always.
+
+    It trusts the system's CAs plus ``ca_file`` (the ``source_ca_file`` setting),
+    for an API, or a simulator, whose certificate comes from a private CA.
+    """
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls_context(ca_file)))
 
 
 class SensiboClient:
@@ -237,6 +257,14 @@ class SensiboClient:
         except TimeoutError:
             raise SourceUnavailable(
                 f"{where}: no answer within {self._timeout.total} s", kind="timeout"
+            ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise SourceTLSError(
+                self._scrub(
+                    f"{where}: the device API's certificate is not trusted "
+                    f"({exc.certificate_error}); if it comes from a private CA, name that CA "
+                    "in source_ca_file"
+                )
             ) from None
         except aiohttp.ClientError as exc:
             raise SourceUnavailable(self._scrub(f"{where}: {type(exc).__name__}: {exc}")) from None

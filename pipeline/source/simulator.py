@@ -15,6 +15,8 @@ API carries its own, so clients can tell a reading from the future even when
 the clock runs fast. Fault modes (``--faults``, see ``pipeline.source.faults``)
 make the API misbehave in every way the connector must survive, and an
 optional request-rate limit (``--rate-limit``) answers 429 like the real API.
+With ``--tls-cert`` and ``--tls-key`` it serves HTTPS only, as the real API
+does, so the client's certificate verification is exercised too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import hmac
 import logging
 import math
 import signal
+import ssl
 import string
 import sys
 import time
@@ -632,6 +635,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="answer 429 above this many requests per second (default: no limit)",
     )
     parser.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="serve HTTPS with this certificate (chain) file; needs --tls-key",
+    )
+    parser.add_argument(
+        "--tls-key",
+        metavar="PEM",
+        help="private key of --tls-cert (keep it readable by its owner only)",
+    )
+    parser.add_argument(
         "--api-key",
         help=f"the only API key accepted (default: ${API_KEY_ENV} or source_api_key in the "
         "settings file; prefer those, as command lines are visible to other users)",
@@ -672,11 +685,29 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"simulator: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(config, args.host, args.port))
+    try:
+        tls = server_tls_context(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        print(f"simulator: cannot use the TLS certificate: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(config, args.host, args.port, tls))
     return 0
 
 
-async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
+def server_tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The HTTPS context for ``--tls-cert``/``--tls-key``, or None to serve plain HTTP."""
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def _serve(
+    config: SimulatorConfig, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> None:
     # Handlers first: whoever reads the "listening" line may signal at once.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -687,11 +718,12 @@ async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=tls).start()
         bound_port = runner.addresses[0][1]
         clock = app[SIMULATION].clock
         print(
-            f"simulator listening on http://{host}:{bound_port}{API_PREFIX} "
+            f"simulator listening on {'https' if tls else 'http'}://{host}:{bound_port}"
+            f"{API_PREFIX} "
             f"({config.devices} devices, every {clock.interval} s, speedup {clock.speedup}, "
             f"clock starts at {_iso(clock.start)})",
             flush=True,
