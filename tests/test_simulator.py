@@ -40,8 +40,10 @@ async def simulator(**overrides: Any) -> AsyncIterator[test_utils.TestClient]:
     """A simulator on a free port; by default its clock is frozen at START."""
     settings: dict[str, Any] = {"start": START, "duration_seconds": 0.0} | overrides
     app = build_app(SimulatorConfig(api_key=KEY, **settings))
+    server = test_utils.TestServer(app)
     # No access log, as `pipeline simulator` serves: aiohttp's logs the query, apiKey included.
-    async with test_utils.TestClient(test_utils.TestServer(app, access_log=None)) as client:
+    await server.start_server(access_log=None)
+    async with test_utils.TestClient(server) as client:
         yield client
 
 
