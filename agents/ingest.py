@@ -10,7 +10,8 @@ forwarded reading is stored (not there: dead-lettered as older than the
 horizon, never dropped in silence).
 
 Under ``exactly_once`` the forward, the dead letters, the table updates and the
-input offset commit in one Kafka transaction; the Redis write before them is
+input offset commit in one Kafka transaction, never split between two
+(``pipeline.commit_gate``); the Redis write before them is
 idempotent (ZADD of the same member), so a redelivery after a crash stores
 nothing twice. Redis outages are waited out (``pipeline.retry``), holding the
 partition while Kafka keeps the backlog.
@@ -23,6 +24,7 @@ import math
 from typing import Any
 
 from pipeline.app import app, settings
+from pipeline.commit_gate import commit_gate
 from pipeline.dedup import DedupState, Verdict, fingerprint
 from pipeline.records import Reading, RejectedReading
 from pipeline.retry import retry_until_done
@@ -122,5 +124,6 @@ async def handle(key: Any, raw: Any) -> str:
 async def ingest(stream) -> None:
     """Validate raw readings; forward each distinct valid one once to `readings` and Redis."""
     async for event in stream.events():
-        outcome = await handle(event.key, event.value)
+        async with commit_gate.event():
+            outcome = await handle(event.key, event.value)
         metrics.ingested.labels(device=str(event.key), outcome=outcome).inc()

@@ -21,6 +21,7 @@ import logging
 import time
 
 from pipeline.app import app, settings
+from pipeline.commit_gate import commit_gate
 from pipeline.connections import redis_client
 from pipeline.queue import enqueue_prediction, job_id_for, make_queue
 from pipeline.records import PredictionJob, Reading
@@ -113,32 +114,38 @@ def catch_up(device_id: str, pointer: float | None, until: float) -> tuple[float
     return windows_through(pointer, times, settings.window_for(device_id), settings.start_time)
 
 
+async def process(reading: Reading) -> None:
+    """Apply one reading to its device's pointer, deploying the windows it closes."""
+    device = reading.device_id
+    pointer = last_processed.get(device)
+    if pointer is not None and reading.time <= pointer:
+        late_readings[device] += 1
+        metrics.late_readings.labels(device=device).inc()
+        return
+    now = time.time()
+    if now - last_seen_wall.get(device, 0.0) >= 1.0:  # one changelog write a second at most
+        last_seen_wall[device] = now
+    if pointer is not None and reading.time - pointer < settings.window_for(device):
+        return  # no window can close: nothing to look up
+    new_pointer, windows = await retry_until_done(
+        lambda: asyncio.to_thread(catch_up, device, pointer, reading.time),
+        f"reading the stored readings of {device}",
+        log,
+    )
+    for window in windows:
+        job = job_for(device, window)
+        await deploy(job)
+        if await audit(job):
+            jobs_emitted[device] += 1
+            metrics.jobs_emitted.labels(device=device, model=job.model).inc()
+    if new_pointer is not None and new_pointer != pointer:
+        last_processed[device] = new_pointer
+
+
 @app.agent(readings_topic)
 async def manage_jobs(stream) -> None:
     """Deploy a prediction job whenever a device's readings close a window."""
     reading: Reading
     async for reading in stream:
-        device = reading.device_id
-        pointer = last_processed.get(device)
-        if pointer is not None and reading.time <= pointer:
-            late_readings[device] += 1
-            metrics.late_readings.labels(device=device).inc()
-            continue
-        now = time.time()
-        if now - last_seen_wall.get(device, 0.0) >= 1.0:  # one changelog write a second at most
-            last_seen_wall[device] = now
-        if pointer is not None and reading.time - pointer < settings.window_for(device):
-            continue  # no window can close: nothing to look up
-        new_pointer, windows = await retry_until_done(
-            lambda d=device, p=pointer, t=reading.time: asyncio.to_thread(catch_up, d, p, t),
-            f"reading the stored readings of {device}",
-            log,
-        )
-        for window in windows:
-            job = job_for(device, window)
-            await deploy(job)
-            if await audit(job):
-                jobs_emitted[device] += 1
-                metrics.jobs_emitted.labels(device=device, model=job.model).inc()
-        if new_pointer is not None and new_pointer != pointer:
-            last_processed[device] = new_pointer
+        async with commit_gate.event():
+            await process(reading)

@@ -17,6 +17,7 @@ import logging
 
 from agents import job_manager
 from pipeline.app import app, settings
+from pipeline.commit_gate import commit_gate
 from pipeline.queue import forget_job
 from pipeline.records import ReplayRequest
 from pipeline.storage import Store
@@ -33,33 +34,39 @@ def stored_times(device_id: str, from_time: float) -> list[float]:
     return [r["time"] for r in readings]
 
 
+async def replay_device(request: ReplayRequest) -> None:
+    """Recompute one device's windows from the requested time and deploy their jobs."""
+    device = request.device_id
+    times = await asyncio.to_thread(stored_times, device, request.from_time)
+    if not times:
+        log.warning("replay of %s from %.0f: no stored readings", device, request.from_time)
+        return
+    windows = expected_windows(times, settings.window_for(device), settings.start_time)
+    deployed = 0
+    for window in windows:
+        job = job_manager.job_for(device, window)
+        if request.force:
+            connection = job_manager.queue.connection
+            await asyncio.to_thread(forget_job, connection, device, job.job_id)
+        await job_manager.deploy(job)
+        if await job_manager.audit(job):
+            deployed += 1
+    jobs_emitted[device] += deployed
+    last_processed[device] = windows[-1][1] if windows else times[0]
+    log.info(
+        "replayed %s from %.0f: %d windows, %d jobs deployed, pointer now %.0f",
+        device,
+        request.from_time,
+        len(windows),
+        deployed,
+        last_processed[device],
+    )
+
+
 @app.agent(replay_topic)
 async def replay(stream) -> None:
     """Recompute one device's windows from a time and deploy their jobs."""
     request: ReplayRequest
     async for request in stream:
-        device = request.device_id
-        times = await asyncio.to_thread(stored_times, device, request.from_time)
-        if not times:
-            log.warning("replay of %s from %.0f: no stored readings", device, request.from_time)
-            continue
-        windows = expected_windows(times, settings.window_for(device), settings.start_time)
-        deployed = 0
-        for window in windows:
-            job = job_manager.job_for(device, window)
-            if request.force:
-                connection = job_manager.queue.connection
-                await asyncio.to_thread(forget_job, connection, device, job.job_id)
-            await job_manager.deploy(job)
-            if await job_manager.audit(job):
-                deployed += 1
-        jobs_emitted[device] += deployed
-        last_processed[device] = windows[-1][1] if windows else times[0]
-        log.info(
-            "replayed %s from %.0f: %d windows, %d jobs deployed, pointer now %.0f",
-            device,
-            request.from_time,
-            len(windows),
-            deployed,
-            last_processed[device],
-        )
+        async with commit_gate.event():
+            await replay_device(request)

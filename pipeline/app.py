@@ -16,13 +16,23 @@ import faust
 from pipeline.connections import faust_broker_credentials
 from pipeline.logs import faust_logging_config
 from pipeline.settings import Settings, SettingsError, load_settings
+from pipeline.transport import Transport
 
 
-def create_app(settings: Settings) -> faust.App:
+class App(faust.App):
+    """Faust's app on the Kafka transport of ``pipeline.transport``, whose
+    commits never split an event and whose tables recover from every committed
+    changelog record."""
+
+    def _new_transport(self) -> Transport:
+        return Transport(self.conf.broker_consumer, self)
+
+
+def create_app(settings: Settings) -> App:
     """Build the Faust app for these settings (topics and tables attach to it)."""
     datadir = Path(settings.data_dir) / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return App(
         settings.app_id,
         broker=settings.broker,
         broker_credentials=faust_broker_credentials(settings),
@@ -56,5 +66,5 @@ except SettingsError as exc:
 app = create_app(settings)
 
 # Registration by import: topics, tables, agents and views attach to `app`.
-from agents import accuracy, connector, ingest, job_manager, replay  # noqa: E402, F401
+from agents import accuracy, connector, dead_letters, ingest, job_manager, replay  # noqa: E402, F401
 from pipeline import metrics_view, probes, views  # noqa: E402, F401

@@ -45,5 +45,5 @@ anomalies_topic = _device_topic("anomalies", value_type=Anomaly)
 async def declare_output_topics() -> None:
     """Create the topics only written to, with the configured partitions, at start-up
     (the broker's auto-creation would give them its default partition count)."""
-    for topic in (jobs_topic, deadletter_topic, anomalies_topic):
+    for topic in (jobs_topic, anomalies_topic):
         await topic.maybe_declare()

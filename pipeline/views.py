@@ -28,6 +28,7 @@ from pipeline.accuracy import device_accuracy
 from pipeline.app import app, settings
 from pipeline.prediction.selection import selection_status
 from pipeline.storage import AsyncStore
+from tables.dead_letters import dead_letters
 from tables.pointers import jobs_emitted, last_processed, last_seen_wall, late_readings
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def device_status(
         ),
         "jobs_emitted": jobs_emitted.get(device_id, 0),
         "late_readings": late_readings.get(device_id, 0),
+        "dead_letters": dead_letters.get(device_id, 0),
         "last_reading_wall_time": seen,
         "silent": seen is not None and now - seen > settings.silent_after_seconds,
         "forecast_trained_until": forecast["trained_until"] if forecast else None,

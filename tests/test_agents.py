@@ -243,3 +243,19 @@ async def test_a_pointer_behind_the_enqueued_jobs_never_repeats_or_shifts_a_wind
     assert sorted(queue.job_ids) == sorted(
         job_id_for("dev3", end) for end in (3600.0, 7200.0, 10800.0)
     )
+
+
+async def test_dead_letters_are_counted_per_device_and_shown_in_device_status(faust_app):
+    from agents.dead_letters import count_dead_letters
+    from pipeline.records import RejectedReading
+    from pipeline.views import device_status
+    from tables.dead_letters import dead_letters
+
+    dead_letters.data.clear()
+    async with count_dead_letters.test_context() as agent:
+        for device in ["dev1", "dev2", "dev1"]:
+            await agent.put(RejectedReading(reason="missing temperature", payload="{}"), key=device)
+        await settle(lambda: dead_letters.get("dev1") == 2)
+
+    assert dict(dead_letters.data) == {"dev1": 2, "dev2": 1}
+    assert device_status("dev1", None, None, 0.0)["dead_letters"] == 2

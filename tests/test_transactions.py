@@ -1,0 +1,159 @@
+"""The exactly_once fixes of ``pipeline.commit_gate`` and ``pipeline.transport``.
+
+The gate's rules are checked on their own; the last stable offset is checked
+against the real broker, with a transaction committed and one left open; the
+fault-injection test (tests/test_faults_e2e.py) shows what both mean end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from pipeline.commit_gate import CommitGate
+from pipeline.transport import GatedConsumer, StableOffsetsConsumerThread, Transport
+from tests.kafka_util import bootstrap_of, delete_topics
+
+
+@pytest.mark.asyncio
+async def test_a_commit_waits_for_the_event_in_progress():
+    gate, order = CommitGate(), []
+    event_may_end = asyncio.Event()
+
+    async def event() -> None:
+        async with gate.event():
+            order.append("event starts")
+            await event_may_end.wait()
+            order.append("event ends")
+
+    async def commit() -> None:
+        async with gate.closed():
+            order.append("commit")
+
+    processing = asyncio.create_task(event())
+    await asyncio.sleep(0.01)
+    committing = asyncio.create_task(commit())
+    await asyncio.sleep(0.05)
+    assert order == ["event starts"], "the commit ran inside the event"
+    event_may_end.set()
+    await asyncio.gather(processing, committing)
+    assert order == ["event starts", "event ends", "commit"]
+
+
+@pytest.mark.asyncio
+async def test_no_event_starts_while_a_commit_runs():
+    gate, order = CommitGate(), []
+    commit_may_end = asyncio.Event()
+
+    async def commit() -> None:
+        async with gate.closed():
+            order.append("commit starts")
+            await commit_may_end.wait()
+            order.append("commit ends")
+
+    async def event() -> None:
+        async with gate.event():
+            order.append("event")
+
+    committing = asyncio.create_task(commit())
+    await asyncio.sleep(0.01)
+    processing = asyncio.create_task(event())
+    await asyncio.sleep(0.05)
+    assert order == ["commit starts"]
+    commit_may_end.set()
+    await asyncio.gather(committing, processing)
+    assert order == ["commit starts", "commit ends", "event"]
+
+
+@pytest.mark.asyncio
+async def test_an_event_that_fails_does_not_hold_commits_off():
+    gate = CommitGate()
+    with pytest.raises(RuntimeError):
+        async with gate.event():
+            raise RuntimeError("the agent crashed mid-event")
+    assert gate.in_progress == 0
+    async with asyncio.timeout(1):
+        async with gate.closed():
+            pass
+
+
+@pytest.mark.asyncio
+async def test_events_run_side_by_side():
+    gate = CommitGate()
+    both_inside = asyncio.Barrier(2)
+
+    async def event() -> None:
+        async with gate.event():
+            await both_inside.wait()
+
+    async with asyncio.timeout(1):
+        await asyncio.gather(event(), event())
+
+
+def test_the_app_runs_on_the_fixed_transport():
+    from pipeline.app import app
+
+    assert isinstance(app.transport, Transport)
+    assert app.transport.Consumer is GatedConsumer
+
+
+def test_every_topic_ingest_writes_is_consumed_so_its_sends_are_transactional():
+    """faust-streaming puts a send in the source partition's transaction only for
+    topics the app consumes; anything else goes out beside the transaction."""
+    from pipeline.app import app
+    from pipeline.topics import deadletter_topic, readings_topic
+
+    consumed = {name for agent in app.agents.values() for name in agent.channel.topics}
+    assert {readings_topic.get_topic_name(), deadletter_topic.get_topic_name()} <= consumed
+
+
+@pytest.fixture
+def topic(base_settings, topic_prefix):
+    yield f"{topic_prefix}stable-offsets"
+    delete_topics(base_settings.broker, topic_prefix)
+
+
+@pytest.mark.asyncio
+async def test_recovery_offsets_are_the_brokers_last_stable_offset(base_settings, topic):
+    """Three messages and their commit marker, then two in a transaction left open:
+    recovery must read up to the open transaction (offset 4), not to the high
+    watermark (6), and know it before any fetch (Faust's own answer is 'empty')."""
+    bootstrap = bootstrap_of(base_settings.broker)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{topic}-tx")
+    await producer.start()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    await consumer.start()
+    uncommitted = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await uncommitted.start()
+    tp = TopicPartition(topic, 0)
+    try:
+        async with producer.transaction():
+            for i in range(3):
+                await producer.send(topic, b"committed %d" % i, partition=0)
+        await producer.begin_transaction()
+        for i in range(2):
+            await (await producer.send(topic, b"open %d" % i, partition=0))
+        consumer.assign([tp])
+
+        class Thread:  # what _highwaters needs of the consumer thread
+            def _ensure_consumer(self) -> AIOKafkaConsumer:
+                return consumer
+
+        offsets = await StableOffsetsConsumerThread._highwaters(Thread(), [tp])
+        assert consumer.last_stable_offset(tp) is None, "Faust's source: unknown before a fetch"
+        assert offsets == {tp: 4}
+        assert await uncommitted.end_offsets([tp]) == {tp: 6}
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+        for client in (consumer, uncommitted):
+            with contextlib.suppress(asyncio.CancelledError):
+                await client.stop()
