@@ -32,6 +32,7 @@ class CommitGate:
     """Many events may be in progress at once, or one commit, never both."""
 
     def __init__(self) -> None:
+        self._sealed = False
         self._in_progress = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -64,7 +65,13 @@ class CommitGate:
             await self._idle.wait()
             yield
         finally:
-            self._open.set()
+            if not self._sealed:
+                self._open.set()
+
+    def seal(self) -> None:
+        """Start no event from now on: the worker is stopping after its last commit."""
+        self._sealed = True
+        self._open.clear()
 
 
 commit_gate = CommitGate()

@@ -1,10 +1,10 @@
 """The ingest agent's memory of what it let through (see ``pipeline.dedup``).
 
-Kept in memory and rebuilt from its changelog at start, never on local disk:
-with ``exactly_once`` the changelog holds only committed updates (it is read
-``read_committed``), whereas a local RocksDB store would also keep the writes
-of a transaction that a ``kill -9`` aborted, and ingest would then take the
-redelivered readings of that transaction for duplicates and lose them.
+It must hold only committed updates: a write of a transaction that a
+``kill -9`` aborted would make ingest take the redelivered readings of that
+transaction for duplicates and lose them. The memory store is rebuilt from the
+changelog, read ``read_committed``; the RocksDB store (``pipeline.table_store``)
+discards a partition that holds uncommitted writes.
 Keys are per device (``{d}|hwm``, ``{d}|ok|{bucket}``, ``{d}|bad``) and are
 written while the device's raw message is processed, so they land in that
 message's partition of the changelog, like a table keyed by device.
@@ -17,6 +17,5 @@ from pipeline.app import app
 ingest_seen = app.Table(
     "ingest-seen",
     key_type=str,
-    store="memory://",
     help="Event times ingested per device and time bucket, within the dedup horizon.",
 )

@@ -94,6 +94,24 @@ async def test_events_run_side_by_side():
         await asyncio.gather(event(), event())
 
 
+@pytest.mark.asyncio
+async def test_a_sealed_gate_lets_the_last_commit_run_and_no_event_after():
+    gate, order = CommitGate(), []
+
+    async def event() -> None:
+        async with gate.event():
+            order.append("event")
+
+    gate.seal()
+    async with asyncio.timeout(1):
+        async with gate.closed():
+            order.append("last commit")
+    late = asyncio.create_task(event())
+    await asyncio.sleep(0.05)
+    assert order == ["last commit"] and not late.done(), "an event started after the last commit"
+    late.cancel()
+
+
 def test_the_app_runs_on_the_fixed_transport():
     from pipeline.app import app
 
