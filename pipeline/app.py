@@ -16,6 +16,7 @@ import faust
 from pipeline.connections import faust_broker_credentials
 from pipeline.logs import faust_logging_config
 from pipeline.settings import Settings, SettingsError, load_settings
+from pipeline.table_store import MEMORY_SCHEME as PARTITIONED_MEMORY
 from pipeline.table_store import SCHEME as COMMITTED_ROCKSDB
 from pipeline.transport import Transport
 
@@ -37,7 +38,7 @@ def create_app(settings: Settings) -> App:
         settings.app_id,
         broker=settings.broker,
         broker_credentials=faust_broker_credentials(settings),
-        store="memory://" if settings.table_store == "memory" else f"{COMMITTED_ROCKSDB}://",
+        store=f"{PARTITIONED_MEMORY if settings.table_store == 'memory' else COMMITTED_ROCKSDB}://",
         table_standby_replicas=settings.standby_replicas,
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 4),

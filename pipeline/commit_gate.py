@@ -69,9 +69,14 @@ class CommitGate:
                 self._open.set()
 
     def seal(self) -> None:
-        """Start no event from now on: the worker is stopping after its last commit."""
+        """Start no event until ``unseal``: a rebalance or the stop is under way."""
         self._sealed = True
         self._open.clear()
+
+    def unseal(self) -> None:
+        """Let events start again: the new assignment's transactions have begun."""
+        self._sealed = False
+        self._open.set()
 
 
 commit_gate = CommitGate()

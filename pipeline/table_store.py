@@ -1,4 +1,15 @@
-"""RocksDB table stores that a restart trusts only when their writes were committed.
+"""Table stores that never keep a write the changelog may not hold.
+
+``committed-memory``: Faust's memory store, which forgets a partition as soon
+as it stops being active here. Faust's own store forgets only the keys it read
+from the changelog; a key an agent wrote stays, even when the transaction that
+carried it was abandoned because the partition moved to another worker. If the
+partition comes back, recovery replays the committed changelog over it and
+the stale key survives: ingest would then take the redelivered readings for
+duplicates and lose them.
+
+``committed-rocksdb``: RocksDB stores that a restart trusts only when their
+writes were committed.
 
 Faust writes a RocksDB table partition the moment an agent changes it, before
 the Kafka transaction that carries the change to the changelog commits. After
@@ -33,14 +44,54 @@ from typing import Any
 
 import faust
 from faust.stores import STORES
+from faust.stores import memory as faust_memory
 from faust.stores import rocksdb as faust_rocksdb
 from faust.streams import current_event
 from faust.types import TP
 
 SCHEME = "committed-rocksdb"
-"""The store URL scheme of this store: ``committed-rocksdb://``."""
+"""The store URL scheme of ``CommittedRocksDBStore``."""
+MEMORY_SCHEME = "committed-memory"
+"""The store URL scheme of ``PartitionedMemoryStore``."""
 
 log = logging.getLogger(__name__)
+
+
+class PartitionedMemoryStore(faust_memory.Store):
+    """Faust's memory store, which forgets a partition once it is no longer active here."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._active: set[int] = set()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        event = current_event()
+        if event is not None:  # the changelog record goes to the event's partition
+            self._key_partition[key] = event.message.partition
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._key_partition.pop(key, None)
+        super().__delitem__(key)
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        topic = self.table.changelog_topic_name
+        actives = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+        gone, self._active = self._active - actives, actives
+        if gone:
+            doomed = [key for key, partition in self._key_partition.items() if partition in gone]
+            for key in doomed:
+                self.data.pop(key, None)
+                del self._key_partition[key]
+            log.info(
+                "table %s: partitions %s no longer active here, %d keys dropped",
+                self.table.name,
+                sorted(gone),
+                len(doomed),
+            )
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
 
 class CommittedRocksDBStore(faust_rocksdb.Store):
@@ -144,3 +195,4 @@ def record_commit(app: faust.App, committed: Iterable[TP]) -> None:
 
 
 STORES.aliases[SCHEME] = f"{__name__}:{CommittedRocksDBStore.__name__}"
+STORES.aliases[MEMORY_SCHEME] = f"{__name__}:{PartitionedMemoryStore.__name__}"

@@ -46,38 +46,41 @@ class GatedConsumer(aiokafka_driver.Consumer):
         return StableOffsetsConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def wait_empty(self) -> None:
-        """At stop: commit once the events in progress are done, then start no other.
+        """Before a rebalance or the stop: commit once the events in progress are done.
 
-        Faust waits here, at a rebalance and at stop, until every message fetched
-        so far is acked. At a rebalance it first empties the streams' buffers; at
-        stop it does not, and a message left in the buffer of a stream whose flow
-        the stop has suspended is never processed: the wait lasts until the
-        worker is killed. The commit gate makes waiting for the events in
-        progress enough: the messages not yet processed are not committed, and
-        are redelivered.
+        Faust waits here until every message it handed to a stream is acked. But
+        it has already suspended the flow and emptied the streams' buffers, and a
+        message caught on its way to a stream is never processed nor acked: the
+        wait lasts until the broker drops the worker from the group (a rebalance
+        that then aborts every transaction) or until the worker is killed (the
+        stop). The commit gate makes waiting for the events in progress enough:
+        each finished event is acked before the commit can run, and the messages
+        not processed are not committed; they are fetched again.
+
+        The gate is sealed before that last commit, so no event starts in a
+        transaction that is over; ``on_partitions_assigned`` unseals it once the
+        new assignment's transactions have begun.
         """
-        if not self.app.should_stop:
-            await super().wait_empty()
-            return
+        commit_gate.seal()
         await self.commit_and_end_transactions()
 
-    async def commit_and_end_transactions(self) -> None:
-        """The commit that begins no new transaction, before a rebalance or the stop.
-
-        Faust calls it twice while a worker stops (the app, then the consumer).
-        At stop the gate is sealed first, so no event starts after the last
-        offsets are chosen and nothing is sent once the transactions are over;
-        the second call returns at once (sending offsets to an ended transaction
-        raises ``IllegalOperation`` and leaves the consumer's thread running).
-        """
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        await super().on_partitions_assigned(assigned, generation_id)
         if not self.app.should_stop:
-            await super().commit_and_end_transactions()
-            return
+            commit_gate.unseal()
+
+    async def commit_and_end_transactions(self) -> None:
+        """The commit that begins no new transaction (wait_empty, then Faust at stop).
+
+        Faust calls it again as the consumer stops. By then the transactions are
+        over: sending offsets to one raises ``IllegalOperation`` and leaves the
+        consumer's thread running past SIGTERM, so the second call at stop
+        returns at once.
+        """
         if self._transactions_ended:
             return
-        commit_gate.seal()
         await super().commit_and_end_transactions()
-        self._transactions_ended = True
+        self._transactions_ended = self.app.should_stop
 
     async def force_commit(self, *args: Any, **kwargs: Any) -> bool:
         if self._transactions_ended:

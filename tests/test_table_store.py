@@ -1,4 +1,7 @@
-"""The RocksDB table store reuses a partition only if its writes were committed.
+"""The table stores keep no write the changelog may not hold.
+
+The RocksDB store reuses a partition only if its writes were committed; the
+memory store forgets a partition once it is no longer active on the worker.
 
 Each test builds a Faust app on a scratch data directory with one table on
 ``committed-rocksdb://`` and writes to it as an agent would (inside an event of
@@ -7,6 +10,7 @@ a partition). A "restart" is a second app on the same directory.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +22,12 @@ import pytest
 from faust.streams import _current_event
 from faust.types import TP
 
-from pipeline.table_store import SCHEME, CommittedRocksDBStore
+from pipeline.table_store import (
+    MEMORY_SCHEME,
+    SCHEME,
+    CommittedRocksDBStore,
+    PartitionedMemoryStore,
+)
 
 CHANGELOG = "store-test-counts-changelog"
 
@@ -127,3 +136,21 @@ def test_a_revoked_partition_keeps_its_mark(store) -> None:
     store.revoke_partitions(store.table, {TP(CHANGELOG, 0)})
     store.on_committed({0}, {})  # a later commit no longer covers the abandoned transaction
     assert store.uncommitted_marker(0).exists()
+
+
+def test_the_memory_store_forgets_a_partition_that_is_no_longer_active_here(tmp_path) -> None:
+    app = faust.App("store-test", store=f"{MEMORY_SCHEME}://", datadir=str(tmp_path))
+    table = app.Table("counts", default=int, partitions=2)
+    store = table.data
+    assert isinstance(store, PartitionedMemoryStore)
+    actives = {TP(CHANGELOG, 0), TP(CHANGELOG, 1)}
+    app.assignor.assigned_actives = lambda: actives  # what the group assigned this worker
+    asyncio.run(store.on_rebalance(actives, set(), actives))
+    with event_on(0):
+        store["written-live"] = 1  # its transaction is abandoned when partition 0 moves
+    with event_on(1):
+        store["stays"] = 2
+
+    actives = {TP(CHANGELOG, 1)}  # partition 0 moved to another worker
+    asyncio.run(store.on_rebalance(actives, {TP(CHANGELOG, 0)}, set()))
+    assert dict(store.data) == {"stays": 2}
