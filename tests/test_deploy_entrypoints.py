@@ -113,6 +113,19 @@ def probe_passes(role: Role, probe: dict) -> str | None:
     return None if result.returncode == 0 else f"{probe['exec']['command']}: {result.stderr}"
 
 
+def probe_passes_in_time(role: Role, probe: dict) -> str | None:
+    """None if the probe passes before Kubernetes would act on its failures.
+
+    Kubernetes acts after ``failureThreshold`` failures in a row, one every
+    ``periodSeconds``: a stream worker is briefly unready during a rebalance,
+    as it should be, without being taken out of service.
+    """
+    deadline = time.monotonic() + probe.get("failureThreshold", 3) * probe.get("periodSeconds", 10)
+    while (reason := probe_passes(role, probe)) and time.monotonic() < deadline:
+        time.sleep(1)
+    return reason
+
+
 @pytest.fixture
 def roles(base_settings, redis_url, redis_client, topic_prefix, tmp_path):
     resources = render("dev")
@@ -179,7 +192,7 @@ def test_manifest_command_lines_start_healthy_roles(roles, tmp_path) -> None:
             role = roles[name]
             for probe in PROBES:
                 if probe in role.container:
-                    reason = probe_passes(role, role.container[probe])
+                    reason = probe_passes_in_time(role, role.container[probe])
                     if reason:
                         failures.append(f"{name} {probe}: {reason}")
         services = compose()["services"]
