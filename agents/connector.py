@@ -166,6 +166,7 @@ class DevicePoller(mode.Service):
             return 0
         if listing.api_time is not None:
             self._api_now = listing.api_time
+        await self._resume_cursors(listing.ids)
         counts = await asyncio.gather(*(self._poll_within_deadline(d) for d in listing.ids))
         log.info(
             "poll round devices=%d produced=%d seconds=%.2f",
@@ -189,23 +190,30 @@ class DevicePoller(mode.Service):
         finally:
             metrics.poll_seconds.observe(time.monotonic() - started)
 
-    async def _cursor(self, device_id: str) -> Cursor | None:
-        cursor = self._cursors.get(device_id)
-        if cursor is None:
-            try:
-                newest = await self._store.newest_time(device_id)
-            except TRANSIENT as exc:
-                log.warning("device %s waits a poll: newest stored reading unknown (%s)",
-                            device_id, exc)  # fmt: skip
-                return None
-            cursor = self._cursors[device_id] = Cursor.resuming_from(
-                newest, settings.dedup_horizon_seconds
+    async def _resume_cursors(self, device_ids: list[str]) -> None:
+        """Cursors for the devices this leader has not polled yet, from Redis at once.
+
+        One pipelined lookup for all of them: a lookup per device, all at once,
+        would ask the Redis client's pool (100 connections) for a connection per
+        device, and most of a large fleet would wait a poll.
+        """
+        new = [d for d in device_ids if d not in self._cursors]
+        if not new:
+            return
+        try:
+            newest = await self._store.newest_times(new)
+        except TRANSIENT as exc:
+            log.warning("%d devices wait a poll: newest stored readings unknown (%s)",
+                        len(new), exc)  # fmt: skip
+            return
+        for device_id in new:
+            self._cursors[device_id] = Cursor.resuming_from(
+                newest[device_id], settings.dedup_horizon_seconds
             )
-        return cursor
 
     async def _poll_device(self, device_id: str) -> int:
-        cursor = await self._cursor(device_id)
-        if cursor is None:
+        cursor = self._cursors.get(device_id)
+        if cursor is None:  # Redis could not say where to resume: next poll
             return 0
         days = cursor.days_to_fetch(self._api_now, settings.backfill_days)
         try:

@@ -199,3 +199,16 @@ async def test_a_new_leader_resumes_from_redis_minus_the_horizon(
     ):
         await service.poll_once()
     assert producer.times() == [newest - HOUR + 60 * i for i in range(1, 60 + 11)]
+
+
+async def test_a_new_leader_polls_a_fleet_larger_than_the_redis_pool_in_one_round(
+    monkeypatch, redis_url, redis_client
+):
+    devices = 250  # redis-py's asyncio pool holds at most 100 connections
+    async with poller(monkeypatch, redis_url, devices=devices, history_seconds=600) as (
+        service,
+        producer,
+        _,
+    ):
+        assert await service.poll_once() == devices * 11
+    assert {key for key, _ in producer.sent} == set(device_ids(0, devices))
