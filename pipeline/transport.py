@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import TP
+from faust.types import TP, Message
 
 from pipeline.commit_gate import commit_gate
 from pipeline.table_store import record_commit
@@ -81,6 +81,21 @@ class GatedConsumer(aiokafka_driver.Consumer):
             return
         await super().commit_and_end_transactions()
         self._transactions_ended = self.app.should_stop
+
+    def ack(self, message: Message) -> bool:
+        """Count a message as done, unless a stream only skipped it.
+
+        A stream skips, and acks, a message fetched before the last rebalance or
+        delivered while the flow is suspended (a rebalance, a recovery, the stop).
+        Such a message is fetched again from the committed offset; but its ack
+        lets a commit move the offset past it first, and a crash before the
+        second delivery is processed loses it. Ignoring the ack keeps the
+        committed offset at the first message not yet processed.
+        """
+        stale = message.generation_id not in (None, self.app.consumer_generation_id)
+        if stale or not self.app.flow_control.is_active():
+            return False
+        return super().ack(message)
 
     async def force_commit(self, *args: Any, **kwargs: Any) -> bool:
         if self._transactions_ended:
