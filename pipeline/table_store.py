@@ -103,9 +103,8 @@ class CommittedRocksDBStore(faust_rocksdb.Store):
 
     def uncommitted_marker(self, partition: int) -> Path:
         """The file whose presence says the partition holds uncommitted writes."""
-        return self.partition_path(partition).with_name(
-            f"{self.partition_path(partition).name}.uncommitted"
-        )
+        path = self.partition_path(partition)
+        return path.with_name(f"{path.name}.uncommitted")
 
     def _open_for_partition(self, partition: int) -> Any:
         db = super()._open_for_partition(partition)

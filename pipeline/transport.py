@@ -1,4 +1,4 @@
-"""Faust's Kafka transport with the two fixes its ``exactly_once`` needs here.
+"""Faust's Kafka transport with the fixes its ``exactly_once`` needs here.
 
 1. Commits never split an event (``pipeline.commit_gate``): the consumer
    closes the gate, hands Faust's buffered changelog writes to their
@@ -11,9 +11,12 @@
    empty tables. Ingest then forwards every redelivered reading a second time.
    Here the offset comes from a ListOffsets request, which under
    ``read_committed`` answers with the last stable offset itself.
-
-After each commit the consumer tells the RocksDB table stores which partitions'
-writes it made durable (``pipeline.table_store``).
+3. Before a rebalance or the stop the consumer waits for the events in
+   progress only, not for every message Faust handed to a stream
+   (``wait_empty``), and the last commit at stop happens once (``commit_and_end_transactions``).
+4. A message a stream only skipped is never counted as done (``ack``).
+5. After each commit the consumer tells the RocksDB table stores which
+   partitions' writes it made durable (``pipeline.table_store``).
 """
 
 from __future__ import annotations

@@ -175,3 +175,30 @@ async def test_recovery_offsets_are_the_brokers_last_stable_offset(base_settings
         for client in (consumer, uncommitted):
             with contextlib.suppress(asyncio.CancelledError):
                 await client.stop()
+
+
+@pytest.mark.asyncio
+async def test_only_messages_processed_in_the_current_generation_become_committable(monkeypatch):
+    from faust.types.tuples import Message
+
+    from agents.ingest import raw_readings_topic
+    from pipeline.app import app
+
+    topic = raw_readings_topic.get_topic_name()
+    monkeypatch.setattr(app.topics, "_acking_topics", {topic})  # as Faust sets it at start
+    monkeypatch.setattr(app, "consumer_generation_id", 3)
+    consumer, tp = app.consumer, TopicPartition(topic, 0)
+
+    def message(offset: int, generation: int) -> Message:
+        return Message(topic, 0, offset, 0.0, 0, [], b"dev", b"{}", None, generation_id=generation)
+
+    app.flow_control.resume()
+    try:
+        assert consumer.ack(message(5, generation=3))
+        assert not consumer.ack(message(6, generation=2)), "fetched before the last rebalance"
+        app.flow_control.suspend()
+        assert not consumer.ack(message(7, generation=3)), "skipped while the flow is suspended"
+    finally:
+        app.flow_control.suspend()
+    assert consumer._acked[tp] == [5]  # a commit can move the offset to 6, not past it
+    consumer._acked.pop(tp)
