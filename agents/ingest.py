@@ -64,8 +64,8 @@ def _identity(key: Any, raw: Any) -> tuple[str, float, str] | None:
     return device_id, float(t), fingerprint(payload)
 
 
-async def _dead_letter(key: Any, raw: Any, reason: str) -> None:
-    log.warning("rejected reading key=%s reason=%s", key, reason)
+async def _dead_letter(key: Any, raw: Any, reason: str, at: float | None = None) -> None:
+    log.warning("rejected reading key=%s time=%s reason=%s", _text(key), at, reason)
     await deadletter_topic.send(key=key, value=RejectedReading(reason=reason, payload=_text(raw)))
 
 
@@ -73,7 +73,7 @@ async def _reject(key: Any, raw: Any, reason: str) -> str:
     identity = _identity(key, raw)
     if identity is not None and dedup.rejected_before(*identity):
         return "duplicate"
-    await _dead_letter(key, raw, reason)
+    await _dead_letter(key, raw, reason, identity[1] if identity else None)
     if identity is not None:
         dedup.record_rejected(*identity)
     return "rejected"
@@ -98,6 +98,7 @@ async def _accept(reading: Reading, raw: Any) -> str:
             f"older than the dedup horizon: {reading.time} is over "
             f"{settings.dedup_horizon_seconds:.0f} s behind the device's newest reading "
             f"{dedup.newest(device_id)} and is not stored",
+            reading.time,
         )
         return "rejected"
     await retry_until_done(

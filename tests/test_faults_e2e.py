@@ -38,7 +38,7 @@ from pipeline import services
 from pipeline.settings import Settings, load_settings
 from pipeline.source.faults import ALL_FAULTS, parse_faults
 from pipeline.source.simulator import SimulatorConfig, _clock, device_ids, fault_plan
-from tests.kafka_util import read_topic
+from tests.kafka_util import dump_topic, group_offsets, read_topic
 from tests.processes import BIN, Process, free_port, http_ok, isolated_env, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.services]
@@ -139,11 +139,17 @@ def test_every_valid_reading_once_despite_faults_kills_and_a_kafka_restart(
     try:
         run_under_fire(private_kafka, redis_db, topic_prefix, workdir)
     except AssertionError as exc:
+        for topic in ("readings-raw", "readings", "readings-deadletter"):
+            dump_topic(private_kafka.broker, f"{topic_prefix}{topic}", workdir / f"{topic}.jsonl")
+        offsets = group_offsets(private_kafka.broker, f"{topic_prefix}app")
+        (workdir / "group-offsets.json").write_text(json.dumps(offsets, indent=1, sort_keys=True))
         keep = tempfile.mkdtemp(prefix="fault-test-logs-")
         logs = shutil.copytree(
             workdir, keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("kafka")
         )
-        raise AssertionError(f"{exc}\nthe processes' logs are kept in {logs}") from None
+        raise AssertionError(
+            f"{exc}\nthe processes' logs and the topics' records are kept in {logs}"
+        ) from None
 
 
 def run_under_fire(
@@ -252,12 +258,14 @@ def run_under_fire(
     report = "\n".join(events)
     assert sum("SIGKILL" in e for e in events) == KILLS, report
     assert set(seen) == valid, f"readings differ from the valid set\n{report}"
-    assert max(seen.values()) == 1, f"a reading reached the topic twice\n{report}"
+    twice = sorted(k for k, n in seen.items() if n > 1)
+    assert not twice, f"{len(twice)} readings reached the topic twice: {twice[:5]}\n{report}"
     dead = Counter()
     for key, value in read_topic(private_kafka.broker, f"{topic_prefix}readings-deadletter"):
         payload = json.loads(value["payload"])
         dead[(key, payload["time"])] += 1
     assert set(dead) == invalid, f"dead letters differ from the invalid set\n{report}"
-    assert max(dead.values()) == 1, f"an invalid reading was dead-lettered twice\n{report}"
+    twice = sorted(k for k, n in dead.items() if n > 1)
+    assert not twice, f"{len(twice)} invalid readings dead-lettered twice: {twice[:5]}\n{report}"
     print(f"\nfault test: {len(valid)} valid, {len(invalid)} invalid readings in "
           f"{time.monotonic() - began:.0f} s\n{report}")  # fmt: skip
