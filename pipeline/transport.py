@@ -17,18 +17,80 @@
 4. A message a stream only skipped is never counted as done (``ack``).
 5. After each commit the consumer tells the RocksDB table stores which
    partitions' writes it made durable (``pipeline.table_store``).
+6. A transaction one of whose messages the broker refused is never committed
+   (``CheckedProducer``). aiokafka commits it anyway, without the refused
+   batch: the input offsets and table updates become durable while the output
+   is lost (Kafka's Java producer fails such a commit). Here the commit is
+   refused and the worker crashes, so the transaction aborts and its events are
+   processed again from the last commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
+from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message
 
 from pipeline.commit_gate import commit_gate
 from pipeline.table_store import record_commit
+
+log = logging.getLogger(__name__)
+
+
+class TransactionWriteFailed(ProducerSendError):
+    """A message of an open transaction was refused; the transaction must not commit."""
+
+
+class CheckedProducer(aiokafka_driver.Producer):
+    """Faust's producer, committing a transaction only if every message in it was written."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._in_flight: dict[str, list[asyncio.Future]] = {}
+        self._failed: dict[str, BaseException] = {}
+
+    async def send(
+        self, *args: Any, transactional_id: str | None = None, **kwargs: Any
+    ) -> Awaitable:
+        future = await super().send(*args, transactional_id=transactional_id, **kwargs)
+        if transactional_id:
+            self._in_flight.setdefault(transactional_id, []).append(future)
+        return future
+
+    async def commit_transactions(
+        self,
+        tid_to_offset_map: Mapping[str, Mapping[TP, int]],
+        group_id: str,
+        start_new_transaction: bool = True,
+    ) -> None:
+        """Commit, unless a message of one of these transactions failed (then nothing)."""
+        for transactional_id in tid_to_offset_map:
+            await self._check_written(transactional_id)
+        await super().commit_transactions(tid_to_offset_map, group_id, start_new_transaction)
+
+    async def _check_written(self, transactional_id: str) -> None:
+        producer = self._transaction_producers.get(transactional_id)
+        if producer is not None:
+            await producer.flush()
+        pending = []
+        for future in self._in_flight.pop(transactional_id, []):
+            if not future.done():
+                pending.append(future)
+            elif not future.cancelled() and future.exception() is not None:
+                self._failed.setdefault(transactional_id, future.exception())
+        if pending:
+            self._in_flight[transactional_id] = pending
+        failure = self._failed.get(transactional_id)
+        if failure is not None:
+            raise TransactionWriteFailed(
+                f"transaction {transactional_id} is not committed: the broker refused "
+                f"a message of it ({type(failure).__name__}: {failure})"
+            ) from failure
 
 
 class StableOffsetsConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
@@ -101,7 +163,7 @@ class GatedConsumer(aiokafka_driver.Consumer):
         return super().ack(message)
 
     async def force_commit(self, *args: Any, **kwargs: Any) -> bool:
-        if self._transactions_ended:
+        if self._transactions_ended or self.app.crashed:
             return False
         async with commit_gate.closed():
             if self.app.in_transaction:
@@ -125,13 +187,20 @@ class GatedConsumer(aiokafka_driver.Consumer):
                 for tp in committing
                 if f"{group_id}-{groups.get(tp.topic)}-{tp.partition}" in producers
             ]
-        did_commit = await super()._commit_offsets(offsets, start_new_transaction)
+        try:
+            did_commit = await super()._commit_offsets(offsets, start_new_transaction)
+        except TransactionWriteFailed as exc:
+            log.error("%s; stopping the worker so that the transaction aborts and its "
+                      "events are processed again", exc)  # fmt: skip
+            await self.app.crash(exc)
+            return False
         if did_commit and not self.app.crashed:
             record_commit(self.app, committing)
         return did_commit
 
 
 class Transport(aiokafka_driver.Transport):
-    """The aiokafka transport with the consumer above."""
+    """The aiokafka transport with the consumer and producer above."""
 
     Consumer = GatedConsumer
+    Producer = CheckedProducer

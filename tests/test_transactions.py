@@ -15,7 +15,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline.commit_gate import CommitGate
-from pipeline.transport import GatedConsumer, StableOffsetsConsumerThread, Transport
+from pipeline.transport import (
+    CheckedProducer,
+    GatedConsumer,
+    StableOffsetsConsumerThread,
+    TransactionWriteFailed,
+    Transport,
+)
 from tests.kafka_util import bootstrap_of, delete_topics
 
 
@@ -202,3 +208,60 @@ async def test_only_messages_processed_in_the_current_generation_become_committa
         app.flow_control.suspend()
     assert consumer._acked[tp] == [5]  # a commit can move the offset to 6, not past it
     consumer._acked.pop(tp)
+
+
+@pytest.fixture
+def guarded_topics(base_settings, topic_prefix):
+    yield f"{topic_prefix}small-messages", f"{topic_prefix}source"
+    delete_topics(base_settings.broker, topic_prefix)
+
+
+async def _committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return offsets[tp].offset if tp in offsets else None
+
+
+@pytest.mark.asyncio
+async def test_a_transaction_whose_message_the_broker_refused_is_not_committed(
+    base_settings, guarded_topics, topic_prefix
+):
+    """The broker refuses a message too large for its topic. aiokafka would still
+    commit the transaction, and with it the input offset: the output lost for good.
+    The producer refuses the commit (the worker then crashes, and the transaction
+    aborts); a transaction whose messages were all written commits as before."""
+    from pipeline.app import app
+
+    bootstrap = bootstrap_of(base_settings.broker)
+    small, source = guarded_topics
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics(
+        [
+            NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "1024"}),
+            NewTopic(source, 1, 1),
+        ]
+    )
+    await admin.close()
+    producer = app.transport.Producer(app.transport)
+    assert isinstance(producer, CheckedProducer)
+    await producer.start()
+    group, src = f"{topic_prefix}group", TopicPartition(source, 0)
+    refused, written = f"{topic_prefix}refused", f"{topic_prefix}written"
+    try:
+        for tid in (refused, written):
+            await producer.begin_transaction(tid)
+        await producer.send(small, b"k", b"x" * 4096, 0, None, None, transactional_id=refused)
+        with pytest.raises(TransactionWriteFailed, match="MessageSizeTooLarge"):
+            await producer.commit_transactions({refused: {src: 7}}, group)
+        assert await _committed_offset(bootstrap, group, src) is None
+
+        await producer.send(small, b"k", b"fits", 0, None, None, transactional_id=written)
+        await producer.commit_transactions({written: {src: 3}}, group, False)
+        assert await _committed_offset(bootstrap, group, src) == 3
+    finally:
+        await producer.stop()
