@@ -17,7 +17,13 @@
 4. A message a stream only skipped is never counted as done (``ack``).
 5. After each commit the consumer tells the RocksDB table stores which
    partitions' writes it made durable (``pipeline.table_store``).
-6. A transaction one of whose messages the broker refused is never committed
+6. Messages fetched but never handed to a stream are fetched again
+   (``getmany``). Faust drops the rest of a fetched batch when the flow stops,
+   the generation changes or the partition is paused in the middle of it,
+   without moving the consumer back; the next message read then looks to
+   Faust like one after a gap in the log (as after a transaction marker), and
+   the commit moves the offset past the dropped ones: they are never processed.
+7. A transaction one of whose messages the broker refused is never committed
    (``CheckedProducer``). aiokafka commits it anyway, without the refused
    batch: the input offsets and table updates become durable while the output
    is lost (Kafka's Java producer fails such a commit). Here the commit is
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 from faust.exceptions import ProducerSendError
@@ -106,9 +112,42 @@ class GatedConsumer(aiokafka_driver.Consumer):
     """Faust's Kafka consumer, committing only while no event is half done."""
 
     _transactions_ended = False
+    _fetched: Mapping[TP, list[Any]] | None = None
 
     def _new_consumer_thread(self) -> StableOffsetsConsumerThread:
         return StableOffsetsConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        records, active_partitions = await super()._wait_next_records(timeout)
+        self._fetched = records
+        return records, active_partitions
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        """Faust's batch of messages; what it did not hand on is fetched again."""
+        handed: dict[TP, int] = {}
+        try:
+            async for tp, message in super().getmany(timeout):
+                handed[tp] = message.offset
+                yield tp, message
+        finally:
+            fetched, self._fetched = self._fetched, None
+            if fetched and not self.should_stop:
+                await self._fetch_again(fetched, handed)
+
+    async def _fetch_again(self, fetched: Mapping[TP, list[Any]], handed: dict[TP, int]) -> None:
+        assignment = self.assignment()
+        for tp, records in fetched.items():
+            last = handed.get(tp)
+            dropped = [r.offset for r in records if last is None or r.offset > last]
+            if not dropped or tp not in assignment:
+                continue
+            position = await self.position(tp)
+            if position is not None and position <= dropped[0]:
+                continue  # Faust moved back already (to the committed offset)
+            log.info("%s: %d fetched messages from offset %d were not handed to a stream "
+                     "(a rebalance, a recovery or a pause); fetching them again",
+                     tp, len(dropped), dropped[0])  # fmt: skip
+            await self.seek(tp, dropped[0])
 
     async def wait_empty(self) -> None:
         """Before a rebalance or the stop: commit once the events in progress are done.

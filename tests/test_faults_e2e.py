@@ -267,5 +267,10 @@ def run_under_fire(
     assert set(dead) == invalid, f"dead letters differ from the invalid set\n{report}"
     twice = sorted(k for k, n in dead.items() if n > 1)
     assert not twice, f"{len(twice)} invalid readings dead-lettered twice: {twice[:5]}\n{report}"
+    refetched = sum(
+        log.read_text(errors="replace").count("fetching them again")
+        for log in workdir.glob("w*.log")
+    )
     print(f"\nfault test: {len(valid)} valid, {len(invalid)} invalid readings in "
-          f"{time.monotonic() - began:.0f} s\n{report}")  # fmt: skip
+          f"{time.monotonic() - began:.0f} s; batches fetched again: {refetched}\n"
+          f"{report}")  # fmt: skip

@@ -265,3 +265,53 @@ async def test_a_transaction_whose_message_the_broker_refused_is_not_committed(
         assert await _committed_offset(bootstrap, group, src) == 3
     finally:
         await producer.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("position, expected_seeks", [(5, [2]), (0, [])])
+async def test_messages_fetched_but_not_handed_to_a_stream_are_fetched_again(
+    monkeypatch, position, expected_seeks
+):
+    """The flow stops after two of a batch of five: the other three must be fetched
+    again (seek to 2), or the next message read would look like one after a gap in
+    the log and the commit would skip them. If Faust already moved back (to the
+    committed offset, 0 here), the consumer stays there."""
+    from aiokafka.structs import ConsumerRecord
+
+    from pipeline.app import app
+
+    consumer, tp = app.consumer, TopicPartition("readings-raw", 0)
+    batch = {
+        tp: [
+            ConsumerRecord(tp.topic, 0, offset, 0, 0, b"dev", b"{}", None, 3, 2, [])
+            for offset in range(5)
+        ]
+    }
+    seeks = []
+
+    async def fetch(active_partitions, timeout):
+        return batch
+
+    async def position_of(partition):
+        return position
+
+    async def seek(partition, offset):
+        seeks.append(offset)
+
+    monkeypatch.setattr(consumer, "_get_active_partitions", lambda: {tp})
+    monkeypatch.setattr(consumer, "_getmany", fetch)
+    monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+    monkeypatch.setattr(consumer, "highwater", lambda partition: 5)
+    monkeypatch.setattr(consumer, "position", position_of)
+    monkeypatch.setattr(consumer, "seek", seek)
+    consumer.resume_flow()
+    handed = []
+    try:
+        async for _, message in consumer.getmany(timeout=0.1):
+            handed.append(message.offset)
+            if len(handed) == 2:
+                consumer.stop_flow()  # a rebalance begins
+    finally:
+        consumer.resume_flow()
+    assert handed == [0, 1]
+    assert seeks == expected_seeks
