@@ -13,16 +13,19 @@
    ``read_committed`` answers with the last stable offset itself.
 3. Before a rebalance or the stop the consumer waits for the events in
    progress only, not for every message Faust handed to a stream
-   (``wait_empty``), and the last commit at stop happens once (``commit_and_end_transactions``).
+   (``wait_empty``), and the last commit at stop happens once
+   (``commit_and_end_transactions``).
 4. A message a stream only skipped is never counted as done (``ack``).
 5. After each commit the consumer tells the RocksDB table stores which
    partitions' writes it made durable (``pipeline.table_store``).
-6. Messages fetched but never handed to a stream are fetched again
-   (``getmany``). Faust drops the rest of a fetched batch when the flow stops,
-   the generation changes or the partition is paused in the middle of it,
-   without moving the consumer back; the next message read then looks to
-   Faust like one after a gap in the log (as after a transaction marker), and
-   the commit moves the offset past the dropped ones: they are never processed.
+6. Streams start at the committed offsets after a recovery, not where the
+   consumer stood before (``perform_seek``), and messages fetched but never
+   handed to a stream are fetched again (``getmany``). Faust drops the rest
+   of a fetched batch when the flow stops, the generation changes or the
+   partition is paused in the middle of it, without moving the consumer
+   back; the next message read then looks to Faust like one after a gap in
+   the log (as after a transaction marker), and the commit moves the offset
+   past the dropped ones: they are never processed.
 7. A transaction one of whose messages the broker refused is never committed
    (``CheckedProducer``). aiokafka commits it anyway, without the refused
    batch: the input offsets and table updates become durable while the output
@@ -141,13 +144,35 @@ class GatedConsumer(aiokafka_driver.Consumer):
             dropped = [r.offset for r in records if last is None or r.offset > last]
             if not dropped or tp not in assignment:
                 continue
+            committed = self._committed_offset[tp]
+            start = dropped[0] if committed is None else max(dropped[0], committed)
             position = await self.position(tp)
-            if position is not None and position <= dropped[0]:
+            if position is not None and position <= start:
                 continue  # Faust moved back already (to the committed offset)
             log.info("%s: %d fetched messages from offset %d were not handed to a stream "
-                     "(a rebalance, a recovery or a pause); fetching them again",
-                     tp, len(dropped), dropped[0])  # fmt: skip
-            await self.seek(tp, dropped[0])
+                     "(a rebalance, a recovery or a pause); fetching them again from %d",
+                     tp, len(dropped), dropped[0], start)  # fmt: skip
+            await self.seek(tp, start)
+
+    async def perform_seek(self) -> None:
+        """Move to the committed offsets, with the streams' partitions held meanwhile.
+
+        At the end of a recovery Faust resumes the streams' partitions and then
+        asks the broker for their committed offsets. Until the answer arrives
+        (seconds, if Kafka is restarting) the streams process what the
+        consumer had fetched from where it stood before: from an older offset,
+        if the previous owner's last commit was still being completed when this
+        worker joined. The seek then rewinds the partition, and Faust drops the
+        messages it reads again as already read, while some of the first
+        reading were never processed: lost. Holding the partitions until the
+        seek is done means processing starts at the committed offset.
+        """
+        held = {tp for tp in self._get_active_partitions() if not self._is_changelog_tp(tp)}
+        self.pause_partitions(held)
+        try:
+            await super().perform_seek()
+        finally:
+            self.resume_partitions(held)
 
     async def wait_empty(self) -> None:
         """Before a rebalance or the stop: commit once the events in progress are done.

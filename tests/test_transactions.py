@@ -315,3 +315,38 @@ async def test_messages_fetched_but_not_handed_to_a_stream_are_fetched_again(
         consumer.resume_flow()
     assert handed == [0, 1]
     assert seeks == expected_seeks
+
+
+@pytest.mark.asyncio
+async def test_streams_wait_for_the_seek_to_the_committed_offsets(monkeypatch):
+    """While the committed offsets are being fetched (seconds, if Kafka is
+    restarting) the streams' partitions are held, so nothing is processed from
+    where the consumer stood before; changelogs keep flowing, and a partition
+    that was paused stays paused."""
+    from faust.types import TP
+
+    from pipeline.app import app
+
+    consumer = app.consumer
+    stream, changelog, paused = (
+        TP("readings-raw", 0),
+        TP("app-ingest-seen-changelog", 0),
+        TP("readings-raw", 1),
+    )
+    monkeypatch.setattr(consumer, "_active_partitions", {stream, changelog})
+    monkeypatch.setattr(consumer, "_paused_partitions", {paused})
+    monkeypatch.setattr(consumer, "_is_changelog_tp", lambda tp: tp == changelog)
+    during = {}
+
+    async def seek_to_committed():
+        during["active"] = set(consumer._get_active_partitions())
+        return {stream: 5}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+    await consumer.perform_seek()
+    assert during["active"] == {changelog}
+    assert consumer._get_active_partitions() == {stream, changelog}
+    assert consumer._paused_partitions == {paused}
+    assert consumer._committed_offset[stream] == 5
+    consumer._committed_offset.pop(stream)
+    consumer._read_offset.pop(stream, None)
