@@ -27,7 +27,7 @@ from bokeh.document.events import (
 )
 from bokeh.models import AllIndices, IndexFilter
 from bokeh.server.callbacks import NextTickCallback, PeriodicCallback
-from rq import SimpleWorker, Worker
+from rq import Worker
 from rq.serializers import JSONSerializer
 
 from dashboard import data, document
@@ -36,6 +36,7 @@ from dashboard.document import build_document
 from pipeline.queue import job_id_for, make_queue
 from pipeline.settings import load_settings
 from pipeline.storage import Store
+from tests.rq_workers import InProcessWorker
 
 APP_DIR = Path(__file__).resolve().parents[1] / "dashboard"
 T0 = 1_700_006_400.0
@@ -326,7 +327,7 @@ def test_pipeline_health_shows_queue_failures_and_workers(
     settings = load_settings()
     queue = make_queue(settings, redis_client)
     queue.enqueue_call("math.sqrt", args=[-1.0], job_id=job_id_for("dev-b", T0 + 99 * STEP))
-    SimpleWorker([queue], connection=redis_client, serializer=JSONSerializer).work(burst=True)
+    InProcessWorker([queue], connection=redis_client, serializer=JSONSerializer).work(burst=True)
     queue.enqueue_call("math.sqrt", args=[4.0], job_id=job_id_for("dev-a", T0 + 99 * STEP))
     alive = Worker([queue], connection=redis_client, serializer=JSONSerializer, name="alive-1")
     alive.register_birth()

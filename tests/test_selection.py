@@ -22,6 +22,7 @@ from pipeline.prediction.serving import candidate_id, served_forecast
 from pipeline.queue import job_id_for
 from pipeline.settings import Settings
 from pipeline.storage import Keys, Store
+from tests.rq_workers import InProcessWorker
 
 HOUR = 3600.0
 STEP = 600.0
@@ -288,7 +289,6 @@ def test_a_candidate_that_cannot_fit_sits_the_window_out(selection_db):
 
 
 def test_the_job_manager_enqueues_auto_by_dotted_path_and_a_worker_runs_it(selection_db):
-    from rq import SimpleWorker
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
@@ -310,7 +310,7 @@ def test_the_job_manager_enqueues_auto_by_dotted_path_and_a_worker_runs_it(selec
     )
     queue = make_queue(settings, selection_db)
     assert enqueue_prediction(queue, settings, job)
-    worker = SimpleWorker([queue], connection=selection_db, serializer=JSONSerializer)
+    worker = InProcessWorker([queue], connection=selection_db, serializer=JSONSerializer)
     assert worker.work(burst=True, logging_level="WARNING")
     done = Job.fetch(job.job_id, connection=selection_db, serializer=JSONSerializer)
     assert done.func_name == "pipeline.prediction.serving.served_forecast"

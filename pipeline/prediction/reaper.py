@@ -27,6 +27,8 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
+from pipeline.prediction.command_channel import PromptExit
+
 log = logging.getLogger(__name__)
 
 LOST_WORKER_MARKERS = ("AbandonedJobError", "Work-horse terminated unexpectedly")
@@ -82,8 +84,9 @@ def requeue_lost_jobs(
     return requeued, (entries[0][1] if entries else since)
 
 
-class ForecastWorker(Worker):
-    """An RQ worker that re-runs the jobs of dead workers within seconds."""
+class ForecastWorker(PromptExit, Worker):
+    """An RQ worker that re-runs the jobs of dead workers within seconds (and exits
+    promptly: ``pipeline.prediction.command_channel``)."""
 
     def __init__(self, *args, lost_job_reruns: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
