@@ -100,16 +100,18 @@ def delete_topics(broker_url: str, prefix: str) -> None:
     asyncio.run(_delete_with_prefix(bootstrap_of(broker_url), prefix))
 
 
-async def _group_offsets(bootstrap: str, group: str) -> dict[str, int]:
+async def committed_offsets(bootstrap: str, group: str) -> dict[Any, int]:
+    """A consumer group's committed offsets, as {TopicPartition: offset}."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
-        return {f"{tp.topic}:{tp.partition}": meta.offset for tp, meta in offsets.items()}
     finally:
         await admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items()}
 
 
 def group_offsets(broker_url: str, group: str) -> dict[str, int]:
     """A consumer group's committed offsets, as {"topic:partition": offset}."""
-    return asyncio.run(_group_offsets(bootstrap_of(broker_url), group))
+    offsets = asyncio.run(committed_offsets(bootstrap_of(broker_url), group))
+    return {f"{tp.topic}:{tp.partition}": offset for tp, offset in offsets.items()}

@@ -22,7 +22,7 @@ from pipeline.transport import (
     TransactionWriteFailed,
     Transport,
 )
-from tests.kafka_util import bootstrap_of, delete_topics
+from tests.kafka_util import bootstrap_of, committed_offsets, delete_topics
 
 
 @pytest.mark.asyncio
@@ -216,16 +216,6 @@ def guarded_topics(base_settings, topic_prefix):
     delete_topics(base_settings.broker, topic_prefix)
 
 
-async def _committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return offsets[tp].offset if tp in offsets else None
-
-
 @pytest.mark.asyncio
 async def test_a_transaction_whose_message_the_broker_refused_is_not_committed(
     base_settings, guarded_topics, topic_prefix
@@ -258,11 +248,11 @@ async def test_a_transaction_whose_message_the_broker_refused_is_not_committed(
         await producer.send(small, b"k", b"x" * 4096, 0, None, None, transactional_id=refused)
         with pytest.raises(TransactionWriteFailed, match="MessageSizeTooLarge"):
             await producer.commit_transactions({refused: {src: 7}}, group)
-        assert await _committed_offset(bootstrap, group, src) is None
+        assert src not in await committed_offsets(bootstrap, group)
 
         await producer.send(small, b"k", b"fits", 0, None, None, transactional_id=written)
         await producer.commit_transactions({written: {src: 3}}, group, False)
-        assert await _committed_offset(bootstrap, group, src) == 3
+        assert (await committed_offsets(bootstrap, group))[src] == 3
     finally:
         await producer.stop()
 
