@@ -71,6 +71,13 @@ class CheckedProducer(aiokafka_driver.Producer):
             self._in_flight.setdefault(transactional_id, []).append(future)
         return future
 
+    async def stop_transaction(self, transactional_id: str) -> None:
+        """The partition moved away: its open transaction is abandoned, and with it
+        whatever its messages did."""
+        self._in_flight.pop(transactional_id, None)
+        self._failed.pop(transactional_id, None)
+        await super().stop_transaction(transactional_id)
+
     async def commit_transactions(
         self,
         tid_to_offset_map: Mapping[str, Mapping[TP, int]],

@@ -223,7 +223,8 @@ async def test_a_transaction_whose_message_the_broker_refused_is_not_committed(
     """The broker refuses a message too large for its topic. aiokafka would still
     commit the transaction, and with it the input offset: the output lost for good.
     The producer refuses the commit (the worker then crashes, and the transaction
-    aborts); a transaction whose messages were all written commits as before."""
+    aborts); a transaction whose messages were all written commits as before,
+    and so does the next transaction once the partition has moved away and back."""
     from pipeline.app import app
 
     bootstrap = bootstrap_of(base_settings.broker)
@@ -253,6 +254,14 @@ async def test_a_transaction_whose_message_the_broker_refused_is_not_committed(
         await producer.send(small, b"k", b"fits", 0, None, None, transactional_id=written)
         await producer.commit_transactions({written: {src: 3}}, group, False)
         assert (await committed_offsets(bootstrap, group))[src] == 3
+
+        # The partition moves away and comes back: the abandoned transaction's
+        # refusal is not held against the next one.
+        await producer.stop_transaction(refused)
+        await producer.begin_transaction(refused)
+        await producer.send(small, b"k", b"fits", 0, None, None, transactional_id=refused)
+        await producer.commit_transactions({refused: {src: 5}}, group, False)
+        assert (await committed_offsets(bootstrap, group))[src] == 5
     finally:
         await producer.stop()
 
