@@ -145,11 +145,12 @@ class GatedConsumer(aiokafka_driver.Consumer):
                 await self._fetch_again(fetched, handed)
 
     async def _fetch_again(self, fetched: Mapping[TP, list[Any]], handed: dict[TP, int]) -> None:
-        assignment = self.assignment()
         for tp, records in fetched.items():
             last = handed.get(tp)
+            if not records or (last is not None and last >= records[-1].offset):
+                continue  # the usual case: every message was handed on
             dropped = [r.offset for r in records if last is None or r.offset > last]
-            if not dropped or tp not in assignment:
+            if tp not in self.assignment():
                 continue
             committed = self._committed_offset[tp]
             start = dropped[0] if committed is None else max(dropped[0], committed)
